@@ -109,8 +109,9 @@ mod tests {
 
     #[test]
     fn autobahn_valid_codes_are_echoed() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999]
-        {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             let p = code_payload(code, b"ok");
             assert_eq!(parse_close_payload(&p), Ok(PeerClose::Code(code)), "{code}");
         }
@@ -118,17 +119,29 @@ mod tests {
 
     #[test]
     fn autobahn_invalid_codes_are_protocol_errors() {
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             let p = code_payload(code, b"");
-            assert_eq!(parse_close_payload(&p), Err(BadClose::ReservedCode(code)), "{code}");
+            assert_eq!(
+                parse_close_payload(&p),
+                Err(BadClose::ReservedCode(code)),
+                "{code}"
+            );
         }
     }
 
     #[test]
     fn reason_must_be_utf8() {
-        let p = code_payload(1000, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80");
+        let p = code_payload(
+            1000,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80",
+        );
         assert_eq!(parse_close_payload(&p), Err(BadClose::InvalidReason));
-        assert_eq!(BadClose::InvalidReason.close_code(), CloseCode::InvalidPayload);
+        assert_eq!(
+            BadClose::InvalidReason.close_code(),
+            CloseCode::InvalidPayload
+        );
         let cut = code_payload(1000, b"\xe2\x82");
         assert_eq!(parse_close_payload(&cut), Err(BadClose::InvalidReason));
     }

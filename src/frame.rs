@@ -167,8 +167,18 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
         }
         n => (u64::from(n), 2),
     };
-    let mask = masked.then(|| buf[key_at..key_at + 4].try_into().expect("4 bytes checked above"));
-    Ok(Some(FrameHeader { fin, opcode, mask, payload_len, header_len }))
+    let mask = masked.then(|| {
+        buf[key_at..key_at + 4]
+            .try_into()
+            .expect("4 bytes checked above")
+    });
+    Ok(Some(FrameHeader {
+        fin,
+        opcode,
+        mask,
+        payload_len,
+        header_len,
+    }))
 }
 
 /// The whole header length implied by the second header byte.
@@ -236,7 +246,10 @@ impl ControlPayload {
         debug_assert!(data.len() <= MAX_CONTROL_PAYLOAD);
         let mut bytes = [0u8; MAX_CONTROL_PAYLOAD];
         bytes[..data.len()].copy_from_slice(data);
-        ControlPayload { len: data.len() as u8, bytes }
+        ControlPayload {
+            len: data.len() as u8,
+            bytes,
+        }
     }
 
     /// The payload bytes, unmasked.
@@ -282,7 +295,10 @@ pub enum Payload {
 #[derive(Debug)]
 pub enum Event {
     /// A complete data message; text is already checked to be UTF-8.
-    Message { kind: MessageKind, payload: Payload },
+    Message {
+        kind: MessageKind,
+        payload: Payload,
+    },
     Ping(ControlPayload),
     Pong(ControlPayload),
     /// A close frame; its payload is not yet validated (see `close.rs`).
@@ -294,7 +310,13 @@ enum State {
     /// Waiting for (the rest of) a frame header.
     Header,
     /// Inside a frame's payload.
-    Payload { opcode: OpCode, fin: bool, key: [u8; 4], remaining: u64, offset: u64 },
+    Payload {
+        opcode: OpCode,
+        fin: bool,
+        key: [u8; 4],
+        remaining: u64,
+        offset: u64,
+    },
 }
 
 /// Streaming decoder for the frames one client sends.
@@ -376,12 +398,20 @@ impl Decoder {
         loop {
             match self.state {
                 State::Header => {
-                    let Some(header) = self.read_header(input, pos)? else { return Ok(None) };
+                    let Some(header) = self.read_header(input, pos)? else {
+                        return Ok(None);
+                    };
                     if let Some(event) = self.start_frame(header, input, pos)? {
                         return Ok(Some(event));
                     }
                 }
-                State::Payload { opcode, fin, key, remaining, offset } => {
+                State::Payload {
+                    opcode,
+                    fin,
+                    key,
+                    remaining,
+                    offset,
+                } => {
                     let available = input.len() - *pos;
                     let n = remaining.min(available as u64) as usize;
                     let chunk = &mut input[*pos..*pos + n];
@@ -398,7 +428,13 @@ impl Decoder {
                     let remaining = remaining - n as u64;
                     if remaining > 0 {
                         let offset = offset + n as u64;
-                        self.state = State::Payload { opcode, fin, key, remaining, offset };
+                        self.state = State::Payload {
+                            opcode,
+                            fin,
+                            key,
+                            remaining,
+                            offset,
+                        };
                         return Ok(None);
                     }
                     self.state = State::Header;
@@ -482,11 +518,15 @@ impl Decoder {
                     let range = *pos..*pos + len as usize;
                     *pos = range.end;
                     apply_mask(&mut input[range.clone()], key, 0);
-                    if kind == MessageKind::Text && std::str::from_utf8(&input[range.clone()]).is_err()
+                    if kind == MessageKind::Text
+                        && std::str::from_utf8(&input[range.clone()]).is_err()
                     {
                         return Err(FrameError::InvalidUtf8);
                     }
-                    return Ok(Some(Event::Message { kind, payload: Payload::Input(range) }));
+                    return Ok(Some(Event::Message {
+                        kind,
+                        payload: Payload::Input(range),
+                    }));
                 }
                 self.assembling = Some(kind);
                 self.utf8.reset();
@@ -521,13 +561,19 @@ impl Decoder {
 
     /// Ends the assembled message.
     fn finish_assembled(&mut self) -> Result<Event, FrameError> {
-        let kind = self.assembling.take().expect("a data frame runs only inside a message");
+        let kind = self
+            .assembling
+            .take()
+            .expect("a data frame runs only inside a message");
         // RFC 6455 8.1: the whole message must be valid UTF-8, so it may
         // not end inside a code point.
         if kind == MessageKind::Text && !self.utf8.is_complete() {
             return Err(FrameError::InvalidUtf8);
         }
-        Ok(Event::Message { kind, payload: Payload::Assembled })
+        Ok(Event::Message {
+            kind,
+            payload: Payload::Assembled,
+        })
     }
 }
 
@@ -567,7 +613,11 @@ mod tests {
 
     /// Feeds `stream` split into the given piece sizes; returns each event as
     /// (label, bytes), or the error.
-    fn run(stream: &[u8], pieces: &[usize], max: usize) -> Result<Vec<(String, Vec<u8>)>, FrameError> {
+    fn run(
+        stream: &[u8],
+        pieces: &[usize],
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, FrameError> {
         let mut d = Decoder::new(max);
         let mut out = Vec::new();
         let mut rest = stream.to_vec();
@@ -603,14 +653,18 @@ mod tests {
     #[test]
     fn rfc_examples_parse() {
         // RFC 6455 5.7: a single-frame masked text message "Hello".
-        let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let frame = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let events = run(&frame, &[frame.len()], 1024).unwrap();
         assert_eq!(events, vec![("Text".into(), b"Hello".to_vec())]);
         // RFC 6455 5.7: 256 bytes in one unmasked binary frame has a 16-bit length.
         let h = parse_header(&[0x82, 0x7E, 0x01, 0x00]).unwrap().unwrap();
         assert_eq!((h.payload_len, h.header_len, h.mask), (256, 4, None));
         // And 64 KiB has a 64-bit length.
-        let h = parse_header(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap().unwrap();
+        let h = parse_header(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, h.header_len), (65536, 10));
     }
 
@@ -639,7 +693,11 @@ mod tests {
         assert_eq!(whole[2], ("Text".into(), "κόσμε".as_bytes().to_vec()));
         assert_eq!(whole[1], ("ping".into(), b"ping!".to_vec()));
         for pieces in [&[1][..], &[2], &[3, 7], &[13], &[1000, 1]] {
-            assert_eq!(run(&stream, pieces, 1 << 20).unwrap(), whole, "pieces {pieces:?}");
+            assert_eq!(
+                run(&stream, pieces, 1 << 20).unwrap(),
+                whole,
+                "pieces {pieces:?}"
+            );
         }
     }
 
@@ -659,13 +717,28 @@ mod tests {
         let mut rsv = client_frame(true, 1, b"a");
         rsv[0] |= 0x40;
         assert_eq!(run(&rsv, &[9], 100), Err(FrameError::ReservedBits));
-        assert_eq!(run(&client_frame(true, 3, b""), &[9], 100), Err(FrameError::ReservedOpcode(3)));
-        assert_eq!(run(&client_frame(false, 9, b""), &[9], 100), Err(FrameError::FragmentedControl));
-        assert_eq!(run(&client_frame(true, 9, &[0; 126]), &[200], 100), Err(FrameError::ControlTooBig));
-        assert_eq!(run(&client_frame(true, 0, b"a"), &[9], 100), Err(FrameError::UnexpectedContinuation));
+        assert_eq!(
+            run(&client_frame(true, 3, b""), &[9], 100),
+            Err(FrameError::ReservedOpcode(3))
+        );
+        assert_eq!(
+            run(&client_frame(false, 9, b""), &[9], 100),
+            Err(FrameError::FragmentedControl)
+        );
+        assert_eq!(
+            run(&client_frame(true, 9, &[0; 126]), &[200], 100),
+            Err(FrameError::ControlTooBig)
+        );
+        assert_eq!(
+            run(&client_frame(true, 0, b"a"), &[9], 100),
+            Err(FrameError::UnexpectedContinuation)
+        );
         let mut two_starts = client_frame(false, 1, b"a");
         two_starts.extend(client_frame(true, 1, b"b"));
-        assert_eq!(run(&two_starts, &[100], 100), Err(FrameError::ExpectedContinuation));
+        assert_eq!(
+            run(&two_starts, &[100], 100),
+            Err(FrameError::ExpectedContinuation)
+        );
         let huge = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
         assert_eq!(run(&huge, &[14], 100), Err(FrameError::LengthOverflow));
         assert_eq!(FrameError::LengthOverflow.close_code(), CloseCode::Protocol);
@@ -680,7 +753,10 @@ mod tests {
         header.extend_from_slice(&[1, 2, 3, 4]);
         let mut d = Decoder::new(1 << 20);
         let mut pos = 0;
-        assert_eq!(d.decode(&mut header, &mut pos).unwrap_err(), FrameError::MessageTooBig);
+        assert_eq!(
+            d.decode(&mut header, &mut pos).unwrap_err(),
+            FrameError::MessageTooBig
+        );
         assert_eq!(d.buffered_capacity(), 0);
         assert_eq!(FrameError::MessageTooBig.close_code(), CloseCode::TooBig);
     }
@@ -700,9 +776,15 @@ mod tests {
         let mut stream = client_frame(false, 1, "κόσμε".as_bytes());
         stream.extend(client_frame(false, 0, b"\xf4\x90\x80\x80"));
         stream.extend(&client_frame(true, 0, b"more")[..3]);
-        assert_eq!(run(&stream, &[stream.len()], 100), Err(FrameError::InvalidUtf8));
+        assert_eq!(
+            run(&stream, &[stream.len()], 100),
+            Err(FrameError::InvalidUtf8)
+        );
         // Whole-frame fast path, too.
-        assert_eq!(run(&client_frame(true, 1, b"\xff"), &[10], 100), Err(FrameError::InvalidUtf8));
+        assert_eq!(
+            run(&client_frame(true, 1, b"\xff"), &[10], 100),
+            Err(FrameError::InvalidUtf8)
+        );
         // A message may not end inside a code point.
         let mut cut = client_frame(false, 1, b"\xe2\x82");
         cut.extend(client_frame(true, 0, b""));

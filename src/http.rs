@@ -117,7 +117,9 @@ impl<'a> Request<'a> {
 
     /// The value of the first field named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// Whether any field named `name` has `token` in its comma-separated
@@ -158,7 +160,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, HttpErr
         return Ok(None);
     };
     let head = &buf[..used];
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().ok_or(HttpError::BadRequestLine)?;
     let (method, target, minor_version) = parse_request_line(request_line)?;
     let (path, query) = match target.split_once('?') {
@@ -246,12 +250,17 @@ fn origin_form(target: &str) -> Option<&str> {
     if target.starts_with('/') {
         return Some(target);
     }
-    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
     Some(rest.find('/').map_or("/", |i| &rest[i..]))
 }
 
 fn parse_header_line(line: &[u8]) -> Result<(&str, &[u8]), HttpError> {
-    let colon = line.iter().position(|&b| b == b':').ok_or(HttpError::BadHeader)?;
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(HttpError::BadHeader)?;
     let name = &line[..colon];
     // RFC 9112 5.1: no whitespace between the name and the colon; RFC 9112
     // 5.2: obsolete line folding is rejected with 400 (a folded line starts
@@ -293,7 +302,9 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<Upgrade, HttpError> {
     if !req.has_token("connection", "upgrade") {
         return Err(HttpError::MissingConnectionUpgrade);
     }
-    let mut keys = req.headers().filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-key"));
+    let mut keys = req
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-key"));
     let (Some((_, key)), None) = (keys.next(), keys.next()) else {
         return Err(HttpError::MissingKey);
     };
@@ -309,7 +320,9 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<Upgrade, HttpError> {
         Some(v) if v != b"13" => return Err(HttpError::UnsupportedVersion),
         Some(_) => {}
     }
-    Ok(Upgrade { accept: accept_key(key) })
+    Ok(Upgrade {
+        accept: accept_key(key),
+    })
 }
 
 /// RFC 6455 4.2.2: base64(SHA-1(key + GUID)).
@@ -371,7 +384,13 @@ pub fn write_error(out: &mut Vec<u8>, err: HttpError) {
         _ => &[],
     };
     let body = format!("{}\n", err.reason());
-    write_response(out, err.status(), "text/plain; charset=utf-8", extra, body.as_bytes());
+    write_response(
+        out,
+        err.status(),
+        "text/plain; charset=utf-8",
+        extra,
+        body.as_bytes(),
+    );
 }
 
 fn status_text(status: u16) -> &'static str {
@@ -403,14 +422,20 @@ mod tests {
     #[test]
     fn rfc_accept_key_example() {
         // RFC 6455 1.3.
-        assert_eq!(&accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn parses_a_browser_upgrade() {
         let (req, used) = parse_request(GOOD.as_bytes()).unwrap().unwrap();
         assert_eq!(used, GOOD.len());
-        assert_eq!((req.method, req.path, req.query), ("GET", "/chat", Some("x=1")));
+        assert_eq!(
+            (req.method, req.path, req.query),
+            ("GET", "/chat", Some("x=1"))
+        );
         assert!(req.has_token("connection", "upgrade"));
         assert_eq!(req.header("HOST"), Some(&b"server.example.com"[..]));
         assert!(upgrade_of(GOOD).is_ok());
@@ -419,7 +444,10 @@ mod tests {
     #[test]
     fn every_prefix_is_partial() {
         for cut in 0..GOOD.len() {
-            assert!(parse_request(&GOOD.as_bytes()[..cut]).unwrap().is_none(), "cut {cut}");
+            assert!(
+                parse_request(&GOOD.as_bytes()[..cut]).unwrap().is_none(),
+                "cut {cut}"
+            );
         }
     }
 
@@ -463,7 +491,11 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused() {
-        let raw = GOOD.replacen("\r\n\r\n", "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", 1);
+        let raw = GOOD.replacen(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            1,
+        );
         assert_eq!(upgrade_of(&raw), Err(HttpError::MissingKey));
     }
 
@@ -480,13 +512,22 @@ mod tests {
         assert_eq!(parse_request(&raw).unwrap_err(), HttpError::HeadTooLarge);
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse_request(raw.as_bytes()).unwrap_err(), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_request(raw.as_bytes()).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
     }
 
     #[test]
     fn garbage_is_refused_before_the_head_ends() {
-        assert_eq!(parse_request(b"\x16\x03\x01\x02").unwrap_err(), HttpError::BadRequestLine);
-        assert_eq!(parse_request(b" GET").unwrap_err(), HttpError::BadRequestLine);
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x02").unwrap_err(),
+            HttpError::BadRequestLine
+        );
+        assert_eq!(
+            parse_request(b" GET").unwrap_err(),
+            HttpError::BadRequestLine
+        );
         assert!(parse_request(b"GE").unwrap().is_none());
     }
 

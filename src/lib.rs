@@ -1,7 +1,22 @@
 //! roomcast: a WebSocket chat-room server on a hand-rolled mio event loop.
+//!
+//! Layers, from the wire inwards: the shell (`server`, `config`, `log`)
+//! owns the poller, sockets, signals and clock; the connection layer
+//! (`conn`, `outq`) runs each peer's state machine; the protocol layer
+//! (`http`, `frame`, `mask`, `utf8`, `close`) parses and encodes bytes and
+//! nothing else; the app (`chat`, `rooms`) speaks the JSON chat protocol.
 
+pub mod chat;
+pub mod clock;
 pub mod close;
+pub mod config;
+pub mod conn;
 pub mod frame;
 pub mod http;
+pub mod log;
 pub mod mask;
+pub mod outq;
+pub mod rooms;
+pub mod server;
+pub mod slab;
 pub mod utf8;

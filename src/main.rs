@@ -1,1 +1,42 @@
-fn main(){}
+//! The roomcast binary: parse flags, bind, serve until SIGTERM.
+
+use clap::Parser as _;
+
+use roomcast::config::Config;
+use roomcast::log;
+use roomcast::server::Server;
+
+fn main() {
+    let config = Config::parse();
+    log::set_level(config.log_level);
+    let server = match Server::bind(&config) {
+        Ok(server) => server,
+        Err(e) => {
+            log::error(
+                "cannot start",
+                &[
+                    ("error", e.to_string().into()),
+                    ("host", config.host.clone().into()),
+                    ("port", config.port.into()),
+                ],
+            );
+            std::process::exit(1);
+        }
+    };
+    let address = server
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    log::info(
+        "listening",
+        &[
+            ("address", address.into()),
+            ("instance", config.instance_id.clone().into()),
+            ("version", env!("CARGO_PKG_VERSION").into()),
+        ],
+    );
+    if let Err(e) = server.run() {
+        log::error("event loop failed", &[("error", e.to_string().into())]);
+        std::process::exit(1);
+    }
+}

@@ -22,7 +22,10 @@ pub struct Utf8Validator {
 impl Utf8Validator {
     /// A validator at the start of a stream.
     pub const fn new() -> Self {
-        Utf8Validator { carry: [0; 4], carry_len: 0 }
+        Utf8Validator {
+            carry: [0; 4],
+            carry_len: 0,
+        }
     }
 
     /// Feeds the next piece of the stream.

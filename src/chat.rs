@@ -1,0 +1,561 @@
+//! The chat protocol: JSON messages over WebSocket, rooms and broadcast.
+//!
+//! The app parses each message once, updates the room table, serialises
+//! its reply once and frames it once. A broadcast frame is one shared
+//! buffer queued on every member, so fan-out costs no allocation per member.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::clock::{ClientId, IdRng, Timestamp};
+use crate::frame::{encode_header, OpCode};
+use crate::rooms::{Membership, Rooms};
+use crate::slab::Key;
+
+/// The longest room name accepted, in bytes.
+pub const MAX_ROOM_ID_BYTES: usize = 256;
+
+/// What the chat app keeps per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    pub client_id: ClientId,
+    pub membership: Option<Membership>,
+}
+
+/// How the app reaches connections: the connection table implements this.
+pub trait Outbox {
+    /// Queues a copy of `frame` on `to`.
+    fn send(&mut self, to: Key, frame: &[u8]);
+    /// Queues a shared frame on `to` without copying it.
+    fn send_shared(&mut self, to: Key, frame: &Rc<[u8]>);
+    /// The chat state of connection `who`, if it is an open chat connection.
+    fn member(&mut self, who: Key) -> Option<&mut Member>;
+}
+
+/// Every message the server sends, as it appears on the wire.
+#[derive(Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+enum Outgoing<'a> {
+    Connected {
+        client_id: ClientId,
+        instance_id: &'a str,
+    },
+    Joined {
+        room_id: &'a str,
+        user_count: usize,
+    },
+    UserJoined {
+        client_id: ClientId,
+        room_id: &'a str,
+        user_count: usize,
+    },
+    Left {
+        room_id: &'a str,
+    },
+    UserLeft {
+        client_id: ClientId,
+        room_id: &'a str,
+        user_count: usize,
+    },
+    Message {
+        client_id: ClientId,
+        room_id: &'a str,
+        text: &'a RawValue,
+        timestamp: Timestamp,
+    },
+    Echo {
+        original_message: &'a RawValue,
+        timestamp: Timestamp,
+    },
+    Error {
+        message: &'a str,
+    },
+    ServerShutdown,
+}
+
+/// The fields of an incoming object that the protocol looks at, kept raw
+/// so that each is checked, and reported, on its own.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(rename = "roomId", borrow, default)]
+    room_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+/// The chat application: the room table and the encoder's scratch space.
+pub struct Chat {
+    rooms: Rooms,
+    instance_id: Box<str>,
+    rng: IdRng,
+    /// Serialised frames are built here: ten bytes left for the header,
+    /// then the JSON. Reused, so replies allocate only in the queue.
+    scratch: Vec<u8>,
+    /// Set during shutdown: leaving rooms then notifies nobody.
+    quiet: bool,
+}
+
+/// Room space left before the JSON for the longest frame header.
+const HEADER_ROOM: usize = 10;
+
+impl Chat {
+    /// An app with no rooms, naming itself `instance_id` to clients.
+    pub fn new(instance_id: &str) -> Self {
+        Chat {
+            rooms: Rooms::new(),
+            instance_id: instance_id.into(),
+            rng: IdRng::new(),
+            scratch: Vec::with_capacity(4096),
+            quiet: false,
+        }
+    }
+
+    /// The room table.
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
+    /// The per-connection state for a new chat connection.
+    pub fn new_member(&mut self) -> Member {
+        Member {
+            client_id: ClientId::generate(&mut self.rng),
+            membership: None,
+        }
+    }
+
+    /// Greets a new connection.
+    pub fn on_open(&mut self, out: &mut impl Outbox, who: Key) {
+        let Some(member) = out.member(who) else {
+            return;
+        };
+        let msg = Outgoing::Connected {
+            client_id: member.client_id,
+            instance_id: &self.instance_id,
+        };
+        let frame = encode(&mut self.scratch, &msg);
+        out.send(who, frame);
+    }
+
+    /// Handles one complete message from `who`.
+    pub fn on_message(&mut self, out: &mut impl Outbox, who: Key, payload: &[u8]) {
+        let Ok(raw) = serde_json::from_slice::<&RawValue>(payload) else {
+            return self.reply_error(out, who, "Invalid JSON");
+        };
+        if !raw.get().starts_with('{') {
+            return self.echo(out, who, raw);
+        }
+        let fields: Incoming<'_> = match serde_json::from_str(raw.get()) {
+            Ok(f) => f,
+            // Valid JSON that serde refuses as an object of these fields:
+            // in practice a duplicated key.
+            Err(_) => return self.reply_error(out, who, "Invalid message: duplicate field"),
+        };
+        let kind = fields
+            .kind
+            .and_then(|k| serde_json::from_str::<Cow<'_, str>>(k.get()).ok());
+        match kind.as_deref() {
+            Some("join") => self.join(out, who, fields.room_id),
+            Some("message") => self.message(out, who, fields.text),
+            Some("leave") => self.leave(out, who),
+            _ => self.echo(out, who, raw),
+        }
+    }
+
+    /// Takes `who` out of its room, telling the others unless shutting down.
+    pub fn on_close(&mut self, out: &mut impl Outbox, who: Key) {
+        self.leave_room(out, who);
+    }
+
+    /// From now on, leaving rooms tells nobody: at shutdown every client is
+    /// told once, by `server_shutdown`.
+    pub fn go_quiet(&mut self) {
+        self.quiet = true;
+    }
+
+    /// The `server_shutdown` frame.
+    pub fn shutdown_frame(&mut self) -> &[u8] {
+        encode(&mut self.scratch, &Outgoing::ServerShutdown)
+    }
+
+    fn join(&mut self, out: &mut impl Outbox, who: Key, room_id: Option<&RawValue>) {
+        let name = match room_id.map(|r| serde_json::from_str::<Cow<'_, str>>(r.get())) {
+            None => return self.reply_error(out, who, "roomId is required"),
+            Some(Err(_)) => return self.reply_error(out, who, "roomId must be a string"),
+            Some(Ok(name)) => name,
+        };
+        if name.is_empty() {
+            return self.reply_error(out, who, "roomId must not be empty");
+        }
+        if name.len() > MAX_ROOM_ID_BYTES {
+            return self.reply_error(out, who, "roomId must be at most 256 bytes");
+        }
+        let Some(member) = out.member(who) else {
+            return;
+        };
+        let client_id = member.client_id;
+        if let Some(current) = member.membership {
+            if self
+                .rooms
+                .get(current.room)
+                .is_some_and(|r| *r.name == *name)
+            {
+                let count = self.rooms.get(current.room).map_or(0, |r| r.members.len());
+                let msg = Outgoing::Joined {
+                    room_id: &name,
+                    user_count: count,
+                };
+                return out.send(who, encode(&mut self.scratch, &msg));
+            }
+            self.leave_room(out, who);
+        }
+        let at = self.rooms.join(&name, who);
+        if let Some(member) = out.member(who) {
+            member.membership = Some(at);
+        }
+        let room = self.rooms.get(at.room).expect("just joined");
+        let user_count = room.members.len();
+        let joined = Outgoing::Joined {
+            room_id: &name,
+            user_count,
+        };
+        out.send(who, encode(&mut self.scratch, &joined));
+        let notice = Outgoing::UserJoined {
+            client_id,
+            room_id: &name,
+            user_count,
+        };
+        let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
+        for &member in room.members.iter().filter(|&&m| m != who) {
+            out.send_shared(member, &frame);
+        }
+    }
+
+    fn message(&mut self, out: &mut impl Outbox, who: Key, text: Option<&RawValue>) {
+        let Some(text) = text.filter(|t| t.get().starts_with('"')) else {
+            return self.reply_error(out, who, "text must be a string");
+        };
+        let Some(member) = out.member(who) else {
+            return;
+        };
+        let client_id = member.client_id;
+        let Some(room) = member.membership.and_then(|m| self.rooms.get(m.room)) else {
+            return self.reply_error(out, who, "Join a room first");
+        };
+        // The text is forwarded as the sender wrote it: it is already a
+        // valid JSON string, so it needs no unescaping and re-escaping.
+        let msg = Outgoing::Message {
+            client_id,
+            room_id: &room.name,
+            text,
+            timestamp: Timestamp::now(),
+        };
+        let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &msg));
+        for &member in &room.members {
+            out.send_shared(member, &frame);
+        }
+    }
+
+    fn leave(&mut self, out: &mut impl Outbox, who: Key) {
+        let Some(at) = out.member(who).and_then(|m| m.membership) else {
+            return self.reply_error(out, who, "Not in a room");
+        };
+        let name = self
+            .rooms
+            .get(at.room)
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        self.leave_room(out, who);
+        let msg = Outgoing::Left { room_id: &name };
+        out.send(who, encode(&mut self.scratch, &msg));
+    }
+
+    /// Removes `who` from its room, fixing the position of the member moved
+    /// into its place, and tells the rest.
+    fn leave_room(&mut self, out: &mut impl Outbox, who: Key) {
+        let Some(member) = out.member(who) else {
+            return;
+        };
+        let Some(at) = member.membership.take() else {
+            return;
+        };
+        let client_id = member.client_id;
+        let left = self.rooms.leave(at);
+        if let Some((moved, position)) = left.moved {
+            if let Some(m) = out.member(moved).and_then(|m| m.membership.as_mut()) {
+                m.position = position;
+            }
+        }
+        if left.remaining == 0 || self.quiet {
+            return;
+        }
+        let room = self
+            .rooms
+            .get(at.room)
+            .expect("a room with members remains");
+        let notice = Outgoing::UserLeft {
+            client_id,
+            room_id: &room.name,
+            user_count: left.remaining,
+        };
+        let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
+        for &member in &room.members {
+            out.send_shared(member, &frame);
+        }
+    }
+
+    fn echo(&mut self, out: &mut impl Outbox, who: Key, original: &RawValue) {
+        let msg = Outgoing::Echo {
+            original_message: original,
+            timestamp: Timestamp::now(),
+        };
+        out.send(who, encode(&mut self.scratch, &msg));
+    }
+
+    fn reply_error(&mut self, out: &mut impl Outbox, who: Key, message: &str) {
+        out.send(who, encode(&mut self.scratch, &Outgoing::Error { message }));
+    }
+}
+
+/// Serialises `msg` and frames it as one text frame, in `scratch`.
+fn encode<'s>(scratch: &'s mut Vec<u8>, msg: &Outgoing<'_>) -> &'s [u8] {
+    scratch.clear();
+    scratch.resize(HEADER_ROOM, 0);
+    serde_json::to_writer(&mut *scratch, msg).expect("serialising to a Vec cannot fail");
+    let len = scratch.len() - HEADER_ROOM;
+    let mut header = [0u8; 10];
+    let n = encode_header(&mut header, true, OpCode::Text, len);
+    let start = HEADER_ROOM - n;
+    scratch[start..HEADER_ROOM].copy_from_slice(&header[..n]);
+    &scratch[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::parse_header;
+    use crate::slab::Slab;
+    use serde_json::{json, Value};
+
+    /// A connection table with nothing but chat state and received frames.
+    #[derive(Default)]
+    struct Table {
+        slab: Slab<(Member, Vec<Value>)>,
+    }
+
+    impl Outbox for Table {
+        fn send(&mut self, to: Key, frame: &[u8]) {
+            let h = parse_header(frame).unwrap().unwrap();
+            assert_eq!(h.opcode, OpCode::Text);
+            let v = serde_json::from_slice(&frame[h.header_len..]).unwrap();
+            self.slab.get_mut(to).unwrap().1.push(v);
+        }
+        fn send_shared(&mut self, to: Key, frame: &Rc<[u8]>) {
+            self.send(to, frame);
+        }
+        fn member(&mut self, who: Key) -> Option<&mut Member> {
+            self.slab.get_mut(who).map(|(m, _)| m)
+        }
+    }
+
+    fn connect(chat: &mut Chat, t: &mut Table) -> Key {
+        let k = t.slab.insert((chat.new_member(), Vec::new()));
+        chat.on_open(t, k);
+        k
+    }
+
+    fn take(t: &mut Table, k: Key) -> Vec<Value> {
+        std::mem::take(&mut t.slab.get_mut(k).unwrap().1)
+    }
+
+    fn send(chat: &mut Chat, t: &mut Table, k: Key, v: Value) {
+        chat.on_message(t, k, v.to_string().as_bytes());
+    }
+
+    #[test]
+    fn join_message_leave_flow() {
+        let mut chat = Chat::new("rev-1");
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        let b = connect(&mut chat, &mut t);
+        let hello = take(&mut t, a);
+        assert_eq!(hello[0]["type"], "connected");
+        assert_eq!(hello[0]["instanceId"], "rev-1");
+        let b_id = take(&mut t, b)[0]["clientId"].clone();
+
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        send(&mut chat, &mut t, b, json!({"type": "join", "roomId": "r"}));
+        assert_eq!(
+            take(&mut t, b),
+            vec![json!({"type":"joined","roomId":"r","userCount":2})]
+        );
+        let a_got = take(&mut t, a);
+        assert_eq!(
+            a_got[1],
+            json!({"type":"user_joined","clientId":b_id,"roomId":"r","userCount":2})
+        );
+
+        send(
+            &mut chat,
+            &mut t,
+            b,
+            json!({"type": "message", "text": "hi \"there\""}),
+        );
+        for k in [a, b] {
+            let m = take(&mut t, k).remove(0);
+            assert_eq!(m["text"], "hi \"there\"");
+            assert_eq!(m["clientId"], b_id);
+            assert_eq!(m["roomId"], "r");
+        }
+
+        send(&mut chat, &mut t, b, json!({"type": "leave"}));
+        assert_eq!(take(&mut t, b), vec![json!({"type":"left","roomId":"r"})]);
+        assert_eq!(
+            take(&mut t, a),
+            vec![json!({"type":"user_left","clientId":b_id,"roomId":"r","userCount":1})]
+        );
+    }
+
+    #[test]
+    fn rejoining_the_same_room_is_idempotent() {
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        let b = connect(&mut chat, &mut t);
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        send(&mut chat, &mut t, b, json!({"type": "join", "roomId": "r"}));
+        take(&mut t, a);
+        send(&mut chat, &mut t, b, json!({"type": "join", "roomId": "r"}));
+        assert_eq!(
+            take(&mut t, b).last(),
+            Some(&json!({"type":"joined","roomId":"r","userCount":2}))
+        );
+        assert!(take(&mut t, a).is_empty());
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        take(&mut t, a);
+        let long = "r".repeat(257);
+        for (msg, field) in [
+            (json!({"type": "join"}), "roomId"),
+            (json!({"type": "join", "roomId": ""}), "roomId"),
+            (json!({"type": "join", "roomId": 5}), "roomId"),
+            (json!({"type": "join", "roomId": long}), "roomId"),
+            (json!({"type": "message", "text": 5}), "text"),
+            (json!({"type": "message"}), "text"),
+        ] {
+            send(&mut chat, &mut t, a, msg.clone());
+            let reply = take(&mut t, a).remove(0);
+            assert_eq!(reply["type"], "error", "{msg}");
+            assert!(
+                reply["message"].as_str().unwrap().contains(field),
+                "{msg}: {reply}"
+            );
+        }
+        send(
+            &mut chat,
+            &mut t,
+            a,
+            json!({"type": "join", "roomId": "r".repeat(256)}),
+        );
+        assert_eq!(take(&mut t, a)[0]["type"], "joined");
+    }
+
+    #[test]
+    fn other_json_is_echoed_unchanged_and_bad_json_is_an_error() {
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        take(&mut t, a);
+        for raw in [
+            "42",
+            "\"s\"",
+            "[1, {\"b\": 2}]",
+            "null",
+            "{\"type\":\"ping\",\"z\":1,\"a\":2}",
+        ] {
+            chat.on_message(&mut t, a, raw.as_bytes());
+            let reply = take(&mut t, a).remove(0);
+            assert_eq!(reply["type"], "echo");
+            assert_eq!(
+                reply["originalMessage"],
+                serde_json::from_str::<Value>(raw).unwrap()
+            );
+        }
+        for raw in ["{", "nope", "\u{0}", "{\"a\":1}x"] {
+            chat.on_message(&mut t, a, raw.as_bytes());
+            assert_eq!(
+                take(&mut t, a),
+                vec![json!({"type":"error","message":"Invalid JSON"})]
+            );
+        }
+        chat.on_message(&mut t, a, br#"{"type":"message","text":"t"}"#);
+        assert_eq!(
+            take(&mut t, a),
+            vec![json!({"type":"error","message":"Join a room first"})]
+        );
+        chat.on_message(&mut t, a, br#"{"type":"leave"}"#);
+        assert_eq!(
+            take(&mut t, a),
+            vec![json!({"type":"error","message":"Not in a room"})]
+        );
+    }
+
+    #[test]
+    fn echo_keeps_key_order_and_spelling() {
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        take(&mut t, a);
+        let k = t.slab.insert((chat.new_member(), Vec::new()));
+        // Check the raw bytes: the original is embedded exactly as sent.
+        struct Raw(Vec<u8>);
+        let mut raw = Raw(Vec::new());
+        impl Outbox for Raw {
+            fn send(&mut self, _: Key, frame: &[u8]) {
+                self.0 = frame.to_vec();
+            }
+            fn send_shared(&mut self, _: Key, _: &Rc<[u8]>) {}
+            fn member(&mut self, _: Key) -> Option<&mut Member> {
+                None
+            }
+        }
+        chat.on_message(&mut raw, k, br#"{"z":1,"a":"\u0041"}"#);
+        let text = String::from_utf8_lossy(&raw.0).into_owned();
+        assert!(
+            text.contains(r#""originalMessage":{"z":1,"a":"\u0041"}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn leaving_fixes_the_moved_members_position() {
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let ks: Vec<Key> = (0..4).map(|_| connect(&mut chat, &mut t)).collect();
+        for &k in &ks {
+            send(&mut chat, &mut t, k, json!({"type": "join", "roomId": "r"}));
+        }
+        chat.on_close(&mut t, ks[0]);
+        chat.on_close(&mut t, ks[2]);
+        for &k in &ks {
+            take(&mut t, k);
+        }
+        send(&mut chat, &mut t, ks[3], json!({"type": "leave"}));
+        assert_eq!(take(&mut t, ks[1])[0]["userCount"], 1);
+        send(&mut chat, &mut t, ks[1], json!({"type": "leave"}));
+        assert!(chat.rooms().is_empty());
+    }
+}

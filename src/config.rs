@@ -1,0 +1,101 @@
+//! Command-line flags and their environment variables.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::conn::Limits;
+use crate::log::Level;
+
+/// roomcast: a WebSocket chat-room server.
+///
+/// Every flag can also be set through the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "roomcast", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one, logged at start).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Name of this instance, sent to clients and in the health report
+    /// (Cloud Run sets K_REVISION).
+    #[arg(long, env = "K_REVISION", default_value = "local")]
+    pub instance_id: String,
+
+    /// Largest chat message accepted, in bytes; larger ones close with 1009.
+    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = 1 << 20, value_parser = positive)]
+    pub max_message_size: usize,
+
+    /// Largest message accepted on /echo, in bytes.
+    #[arg(long, env = "ECHO_MAX_MESSAGE_SIZE", default_value_t = 16 << 20, value_parser = positive)]
+    pub echo_max_message_size: usize,
+
+    /// Unsent bytes a connection may have queued before it is closed with
+    /// 1008 (it is not reading what it is sent).
+    #[arg(long, env = "MAX_QUEUED_BYTES", default_value_t = 4 << 20, value_parser = positive)]
+    pub max_queued_bytes: usize,
+
+    /// How often to ping each client; one silent for two intervals is
+    /// dropped.
+    #[arg(long, env = "PING_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub ping_interval: Duration,
+
+    /// Time a client has to complete its upgrade request.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time a peer has to answer a close frame and close TCP.
+    #[arg(long, env = "CLOSE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub close_timeout: Duration,
+
+    /// On SIGTERM, how long to wait for clients to close before exiting
+    /// (Cloud Run sends SIGKILL 10 s after SIGTERM).
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "8s", value_parser = duration)]
+    pub drain_timeout: Duration,
+
+    /// Lowest log level written: debug, info, warning or error.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = level)]
+    pub log_level: Level,
+}
+
+impl Config {
+    /// The limits the connection layer enforces, in bytes and milliseconds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message: self.max_message_size,
+            echo_max_message: self.echo_max_message_size,
+            max_queued: self.max_queued_bytes,
+            handshake_timeout: millis(self.handshake_timeout),
+            close_timeout: millis(self.close_timeout),
+            ping_interval: millis(self.ping_interval),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 30s or 500ms)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+fn level(s: &str) -> Result<Level, String> {
+    Level::parse(s).ok_or_else(|| "expected debug, info, warning or error".into())
+}

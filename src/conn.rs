@@ -1,0 +1,710 @@
+//! Connections: each peer's state machine, and the table that holds them.
+//!
+//! Sans-IO apart from the transport handed in: the engine never touches the
+//! clock (time arrives as `now`, milliseconds on a monotonic clock) nor the
+//! poller. The shell reads into one shared buffer and hands the bytes to
+//! [`Engine::on_input`]; the engine decodes, answers, and queues bytes on
+//! connections it marks dirty; the shell then calls [`Engine::flush`], which
+//! writes each dirty connection once, and removes what [`Engine::take_doomed`]
+//! lists.
+//!
+//! A connection goes Handshake -> Open -> Closing -> Lingering -> removed,
+//! skipping states where the peer does (a plain HTTP request goes straight
+//! from Handshake to Lingering).
+
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+
+use crate::chat::{Chat, Member, Outbox};
+use crate::close::{parse_close_payload, CloseCode, PeerClose};
+use crate::frame::{write_close, write_frame, Decoder, Event, FrameError, OpCode, Payload};
+use crate::http::{self, HttpError};
+use crate::log;
+use crate::outq::OutQueue;
+use crate::slab::{Key, Slab};
+
+/// What the engine needs of a socket.
+pub trait Transport: Read + Write {
+    /// Shuts down the sending half: the peer reads end-of-file after
+    /// everything already written.
+    ///
+    /// # Errors
+    ///
+    /// As the operating system reports; the connection is then dropped.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl Transport for mio::net::TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// Limits and intervals, all in bytes or milliseconds.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message on a chat connection.
+    pub max_message: usize,
+    /// Largest message on an `/echo` connection.
+    pub echo_max_message: usize,
+    /// A connection with more unsent bytes than this is closed with 1008.
+    pub max_queued: usize,
+    /// Time a client has to finish its upgrade request.
+    pub handshake_timeout: u64,
+    /// Time the peer has to answer our close, and to close TCP after.
+    pub close_timeout: u64,
+    /// Ping interval; a peer silent for two of them is dropped.
+    pub ping_interval: u64,
+}
+
+/// Which protocol an open connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/echo`: every message comes back verbatim.
+    Echo,
+    /// Any other path: the JSON chat protocol.
+    Chat,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request.
+    Handshake,
+    /// A WebSocket, both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Closing,
+    /// Our last bytes are queued; once written we shut down our half and
+    /// wait, briefly, for the peer to close its own.
+    Lingering,
+}
+
+/// One peer's state.
+pub struct Connection {
+    phase: Phase,
+    route: Route,
+    /// Set once the sending half is shut down.
+    write_shut: bool,
+    /// Set while queued on the table's dirty list.
+    dirty: bool,
+    /// Set when the socket refused bytes; cleared when it says it is
+    /// writable again, so a stalled peer costs no system call per message.
+    write_blocked: bool,
+    /// The request head so far, while it spans several reads.
+    head: Vec<u8>,
+    decoder: Decoder,
+    out: OutQueue,
+    /// When the current phase runs out (handshake, closing, lingering).
+    deadline: u64,
+    /// When the peer last sent anything.
+    last_seen: u64,
+    /// When we last sent a ping.
+    last_ping: u64,
+    member: Option<Member>,
+}
+
+impl Connection {
+    fn new(now: u64, limits: &Limits) -> Self {
+        Connection {
+            phase: Phase::Handshake,
+            route: Route::Chat,
+            write_shut: false,
+            dirty: false,
+            write_blocked: false,
+            head: Vec::new(),
+            decoder: Decoder::new(0),
+            out: OutQueue::new(),
+            deadline: now + limits.handshake_timeout,
+            last_seen: now,
+            last_ping: now,
+            member: None,
+        }
+    }
+
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+}
+
+/// A connection and its transport.
+pub struct Peer<S> {
+    pub socket: S,
+    pub conn: Connection,
+}
+
+/// The connection table, and the list of connections with bytes to write.
+pub struct Table<S> {
+    peers: Slab<Peer<S>>,
+    dirty: Vec<Key>,
+    /// Connections in the Open phase.
+    open: usize,
+}
+
+impl<S> Table<S> {
+    fn mark_dirty(&mut self, key: Key) {
+        mark_dirty(&mut self.peers, &mut self.dirty, key);
+    }
+}
+
+fn mark_dirty<S>(peers: &mut Slab<Peer<S>>, dirty: &mut Vec<Key>, key: Key) {
+    if let Some(peer) = peers.get_mut(key) {
+        if !peer.conn.dirty {
+            peer.conn.dirty = true;
+            dirty.push(key);
+        }
+    }
+}
+
+impl<S> Outbox for Table<S> {
+    fn send(&mut self, to: Key, frame: &[u8]) {
+        if let Some(peer) = self.peers.get_mut(to) {
+            if peer.conn.phase == Phase::Open {
+                peer.conn.out.push_bytes(frame);
+                self.mark_dirty(to);
+            }
+        }
+    }
+
+    fn send_shared(&mut self, to: Key, frame: &Rc<[u8]>) {
+        if let Some(peer) = self.peers.get_mut(to) {
+            if peer.conn.phase == Phase::Open {
+                peer.conn.out.push_shared(frame);
+                self.mark_dirty(to);
+            }
+        }
+    }
+
+    fn member(&mut self, who: Key) -> Option<&mut Member> {
+        self.peers.get_mut(who)?.conn.member.as_mut()
+    }
+}
+
+/// The connection layer: every connection, the chat app, the limits.
+pub struct Engine<S> {
+    table: Table<S>,
+    chat: Chat,
+    limits: Limits,
+    instance_id: Box<str>,
+    /// Connections to remove; the shell takes them to deregister.
+    doomed: Vec<Key>,
+    shutting_down: bool,
+}
+
+impl<S: Transport> Engine<S> {
+    /// An engine with no connections.
+    pub fn new(limits: Limits, instance_id: &str) -> Self {
+        Engine {
+            table: Table {
+                peers: Slab::new(),
+                dirty: Vec::new(),
+                open: 0,
+            },
+            chat: Chat::new(instance_id),
+            limits,
+            instance_id: instance_id.into(),
+            doomed: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Connections of any phase.
+    pub fn len(&self) -> usize {
+        self.table.peers.len()
+    }
+
+    /// Whether no connection is left.
+    pub fn is_empty(&self) -> bool {
+        self.table.peers.is_empty()
+    }
+
+    /// Open WebSocket connections.
+    pub fn open_connections(&self) -> usize {
+        self.table.open
+    }
+
+    /// The chat app.
+    pub fn chat(&self) -> &Chat {
+        &self.chat
+    }
+
+    /// The peer at `key`.
+    pub fn peer(&self, key: Key) -> Option<&Peer<S>> {
+        self.table.peers.get(key)
+    }
+
+    /// The peer at `key`, mutably (the shell registers its socket).
+    pub fn peer_mut(&mut self, key: Key) -> Option<&mut Peer<S>> {
+        self.table.peers.get_mut(key)
+    }
+
+    /// Every connection's key.
+    pub fn keys(&self) -> Vec<Key> {
+        self.table.peers.iter().map(|(k, _)| k).collect()
+    }
+
+    /// Adds a freshly accepted connection.
+    pub fn accept(&mut self, socket: S, now: u64) -> Key {
+        let conn = Connection::new(now, &self.limits);
+        self.table.peers.insert(Peer { socket, conn })
+    }
+
+    /// Handles bytes read from `key`. May queue writes and doom connections.
+    pub fn on_input(&mut self, key: Key, input: &mut [u8], now: u64) {
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return;
+        };
+        peer.conn.last_seen = now;
+        match peer.conn.phase {
+            Phase::Handshake => self.on_request_bytes(key, input, now),
+            Phase::Open | Phase::Closing => self.on_frames(key, input, 0, now),
+            // The peer's last words after the close handshake are dropped.
+            Phase::Lingering => {}
+        }
+    }
+
+    /// The peer closed its sending half, or the connection failed.
+    pub fn on_hangup(&mut self, key: Key) {
+        self.doom(key);
+    }
+
+    /// The socket can take bytes again.
+    pub fn on_writable(&mut self, key: Key) {
+        if let Some(peer) = self.table.peers.get_mut(key) {
+            peer.conn.write_blocked = false;
+            if !peer.conn.out.is_empty() || peer.conn.phase == Phase::Lingering {
+                self.table.mark_dirty(key);
+            }
+        }
+    }
+
+    /// Writes every dirty connection's queue once, closing connections
+    /// whose queue passed the limit.
+    pub fn flush(&mut self, now: u64) {
+        while let Some(key) = self.table.dirty.pop() {
+            let Some(peer) = self.table.peers.get_mut(key) else {
+                continue;
+            };
+            let conn = &mut peer.conn;
+            conn.dirty = false;
+            let flushed = if conn.write_blocked {
+                Ok(false)
+            } else {
+                conn.out.flush_to(&mut peer.socket)
+            };
+            match flushed {
+                Err(_) => self.doom(key),
+                Ok(true) => {
+                    if conn.phase == Phase::Lingering && !conn.write_shut {
+                        conn.write_shut = true;
+                        if peer.socket.shutdown_write().is_err() {
+                            self.doom(key);
+                        }
+                    }
+                }
+                Ok(false) => {
+                    conn.write_blocked = true;
+                    if conn.out.len() > self.limits.max_queued && conn.phase == Phase::Open {
+                        // The peer does not read what its room says. Its
+                        // backlog goes, so it costs nobody else memory; it
+                        // gets a close frame after the frame now in flight.
+                        let dropped = conn.out.discard_unsent();
+                        log::warning(
+                            "slow consumer closed",
+                            &[
+                                ("conn", key.to_usize().into()),
+                                ("droppedBytes", dropped.into()),
+                            ],
+                        );
+                        self.begin_close(key, CloseCode::Policy, "write queue over limit", now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connections to remove, handed to the shell once.
+    pub fn take_doomed(&mut self) -> Vec<Key> {
+        std::mem::take(&mut self.doomed)
+    }
+
+    /// Whether there is work for [`Engine::flush`] or the doomed list.
+    pub fn has_pending_work(&self) -> bool {
+        !self.table.dirty.is_empty() || !self.doomed.is_empty()
+    }
+
+    /// Removes a connection and returns its transport. An open chat
+    /// connection leaves its room as it goes.
+    pub fn remove(&mut self, key: Key) -> Option<S> {
+        self.leave_open(key);
+        self.table.peers.remove(key).map(|p| p.socket)
+    }
+
+    /// Runs the timers: handshake and close deadlines, pings, dead peers.
+    pub fn tick(&mut self, now: u64) {
+        let interval = self.limits.ping_interval;
+        let Table { peers, dirty, .. } = &mut self.table;
+        let mut expired = Vec::new();
+        for (key, peer) in peers.iter_mut() {
+            let conn = &mut peer.conn;
+            match conn.phase {
+                Phase::Handshake | Phase::Closing | Phase::Lingering => {
+                    if now >= conn.deadline {
+                        expired.push(key);
+                    }
+                }
+                Phase::Open => {
+                    if now.saturating_sub(conn.last_seen) >= 2 * interval {
+                        expired.push(key);
+                    } else if now.saturating_sub(conn.last_ping) >= interval {
+                        conn.last_ping = now;
+                        conn.out.push_with(|v| write_frame(v, OpCode::Ping, b""));
+                        mark_dirty_conn(conn, dirty, key);
+                    }
+                }
+            }
+            if conn.out.is_empty() {
+                conn.out.shrink_if_empty();
+            }
+        }
+        for key in expired {
+            if let Some(phase) = self.table.peers.get(key).map(|p| p.conn.phase) {
+                if phase == Phase::Open {
+                    log::info(
+                        "peer silent for two ping intervals; dropped",
+                        &[("conn", key.to_usize().into())],
+                    );
+                }
+            }
+            self.doom(key);
+        }
+    }
+
+    /// Starts a graceful shutdown: every chat client is told
+    /// `server_shutdown`, every WebSocket gets a 1001 close, and unfinished
+    /// handshakes are dropped. The shell keeps running the loop until the
+    /// table is empty or its drain deadline passes.
+    pub fn begin_shutdown(&mut self, now: u64) {
+        self.shutting_down = true;
+        self.chat.go_quiet();
+        for key in self.keys() {
+            let Some(peer) = self.table.peers.get_mut(key) else {
+                continue;
+            };
+            match peer.conn.phase {
+                Phase::Handshake => self.doom(key),
+                Phase::Open => {
+                    if peer.conn.route == Route::Chat {
+                        let frame = self.chat.shutdown_frame();
+                        peer.conn.out.push_bytes(frame);
+                    }
+                    self.begin_close(key, CloseCode::GoingAway, "server shutting down", now);
+                }
+                Phase::Closing | Phase::Lingering => {}
+            }
+        }
+    }
+
+    /// Whether [`Engine::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    fn doom(&mut self, key: Key) {
+        if self.table.peers.get(key).is_some() && !self.doomed.contains(&key) {
+            self.doomed.push(key);
+        }
+    }
+
+    fn on_request_bytes(&mut self, key: Key, input: &mut [u8], now: u64) {
+        let open = self.table.open;
+        let rooms = self.chat.rooms().len();
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return;
+        };
+        let conn = &mut peer.conn;
+        let from_head = !conn.head.is_empty();
+        if from_head {
+            conn.head.extend_from_slice(input);
+        }
+        let decision = {
+            let buf: &[u8] = if from_head { &conn.head } else { input };
+            match http::parse_request(buf) {
+                Ok(None) => None,
+                Ok(Some((req, used))) => {
+                    Some((decide(&req, open, rooms, now, &self.instance_id), used))
+                }
+                Err(e) => Some((Decision::Refuse(e), 0)),
+            }
+        };
+        let Some((decision, used)) = decision else {
+            if !from_head {
+                conn.head.extend_from_slice(input);
+            }
+            return;
+        };
+        let mut head = std::mem::take(&mut conn.head);
+        match decision {
+            Decision::Refuse(err) => {
+                log::warning(
+                    "handshake refused",
+                    &[
+                        ("conn", key.to_usize().into()),
+                        ("status", err.status().into()),
+                        ("reason", err.reason().into()),
+                    ],
+                );
+                conn.out.push_with(|v| http::write_error(v, err));
+                self.linger(key, now);
+            }
+            Decision::Respond { status, body } => {
+                conn.out.push_with(|v| {
+                    http::write_response(v, status, "application/json", &[], body.as_bytes())
+                });
+                self.linger(key, now);
+            }
+            Decision::Upgrade { route, upgrade } => {
+                conn.out
+                    .push_with(|v| http::write_switching_protocols(v, &upgrade));
+                conn.phase = Phase::Open;
+                conn.route = route;
+                conn.last_ping = now;
+                conn.decoder = Decoder::new(match route {
+                    Route::Echo => self.limits.echo_max_message,
+                    Route::Chat => self.limits.max_message,
+                });
+                self.table.open += 1;
+                self.table.mark_dirty(key);
+                if route == Route::Chat {
+                    let member = self.chat.new_member();
+                    if let Some(peer) = self.table.peers.get_mut(key) {
+                        peer.conn.member = Some(member);
+                    }
+                    self.chat.on_open(&mut self.table, key);
+                }
+                // A first frame may have come with the request.
+                if from_head {
+                    self.on_frames(key, &mut head, used, now);
+                } else {
+                    self.on_frames(key, input, used, now);
+                }
+            }
+        }
+    }
+
+    fn on_frames(&mut self, key: Key, input: &mut [u8], start: usize, now: u64) {
+        let mut pos = start;
+        loop {
+            let Some(peer) = self.table.peers.get_mut(key) else {
+                return;
+            };
+            let conn = &mut peer.conn;
+            let event = match conn.decoder.decode(input, &mut pos) {
+                Ok(Some(event)) => event,
+                Ok(None) => return,
+                Err(err) => return self.on_frame_error(key, err, now),
+            };
+            if conn.phase != Phase::Open {
+                // Closing: we said our last word and wait only for theirs.
+                match event {
+                    Event::Close(_) => return self.linger(key, now),
+                    Event::Message {
+                        payload: Payload::Assembled,
+                        ..
+                    } => {
+                        let buf = conn.decoder.take_message();
+                        conn.decoder.recycle(buf);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match event {
+                Event::Message { kind, payload } => {
+                    let route = conn.route;
+                    let (assembled, range) = match payload {
+                        Payload::Input(range) => (None, range),
+                        Payload::Assembled => {
+                            let buf = conn.decoder.take_message();
+                            let len = buf.len();
+                            (Some(buf), 0..len)
+                        }
+                    };
+                    let data = match &assembled {
+                        Some(buf) => &buf[range],
+                        None => &input[range],
+                    };
+                    match route {
+                        Route::Echo => {
+                            conn.out.push_with(|v| write_frame(v, kind.opcode(), data));
+                            self.table.mark_dirty(key);
+                        }
+                        Route::Chat => self.chat.on_message(&mut self.table, key, data),
+                    }
+                    if let (Some(buf), Some(peer)) = (assembled, self.table.peers.get_mut(key)) {
+                        peer.conn.decoder.recycle(buf);
+                    }
+                }
+                Event::Ping(payload) => {
+                    // RFC 6455 5.5.3: a pong carries the ping's payload.
+                    conn.out
+                        .push_with(|v| write_frame(v, OpCode::Pong, payload.as_slice()));
+                    self.table.mark_dirty(key);
+                }
+                Event::Pong(_) => {}
+                Event::Close(payload) => {
+                    match parse_close_payload(payload.as_slice()) {
+                        // RFC 6455 5.5.1: answer a close with a close,
+                        // echoing its status code.
+                        Ok(PeerClose::Empty) => {
+                            conn.out.push_with(|v| write_frame(v, OpCode::Close, b""));
+                        }
+                        Ok(PeerClose::Code(code)) => {
+                            conn.out
+                                .push_with(|v| write_frame(v, OpCode::Close, &code.to_be_bytes()));
+                        }
+                        Err(bad) => {
+                            conn.out.push_with(|v| {
+                                write_close(v, bad.close_code(), "invalid close frame")
+                            });
+                        }
+                    }
+                    self.leave_open(key);
+                    return self.linger(key, now);
+                }
+            }
+        }
+    }
+
+    fn on_frame_error(&mut self, key: Key, err: FrameError, now: u64) {
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return;
+        };
+        if peer.conn.phase == Phase::Open {
+            log::debug(
+                "closing on protocol error",
+                &[
+                    ("conn", key.to_usize().into()),
+                    ("code", err.close_code().as_u16().into()),
+                    ("reason", err.reason().into()),
+                ],
+            );
+            self.begin_close(key, err.close_code(), err.reason(), now);
+        } else {
+            // Garbage while we wait for the close reply: nothing more is
+            // worth reading from this peer.
+            self.linger(key, now);
+        }
+    }
+
+    /// Sends a close frame and waits, at most the close timeout, for the
+    /// peer's. The connection leaves its room at once.
+    fn begin_close(&mut self, key: Key, code: CloseCode, reason: &str, now: u64) {
+        self.leave_open(key);
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return;
+        };
+        let conn = &mut peer.conn;
+        conn.out.push_with(|v| write_close(v, code, reason));
+        conn.phase = Phase::Closing;
+        conn.deadline = now + self.limits.close_timeout;
+        self.table.mark_dirty(key);
+    }
+
+    /// Once the queue is written, shuts down our half and waits, at most the
+    /// close timeout, for the peer to close.
+    fn linger(&mut self, key: Key, now: u64) {
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return;
+        };
+        peer.conn.phase = Phase::Lingering;
+        peer.conn.deadline = now + self.limits.close_timeout;
+        self.table.mark_dirty(key);
+    }
+
+    /// Ends the Open phase: the connection stops counting as a client and
+    /// leaves its room.
+    fn leave_open(&mut self, key: Key) {
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return;
+        };
+        if peer.conn.phase != Phase::Open {
+            return;
+        }
+        peer.conn.phase = Phase::Closing;
+        self.table.open -= 1;
+        if peer.conn.member.is_some() {
+            self.chat.on_close(&mut self.table, key);
+        }
+    }
+}
+
+fn mark_dirty_conn(conn: &mut Connection, dirty: &mut Vec<Key>, key: Key) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(key);
+    }
+}
+
+/// How a complete request is answered.
+enum Decision {
+    Refuse(HttpError),
+    Respond {
+        status: u16,
+        body: String,
+    },
+    Upgrade {
+        route: Route,
+        upgrade: http::Upgrade,
+    },
+}
+
+/// Routes a request: WebSocket upgrades by path, plain GETs to the health
+/// report or 404.
+fn decide(
+    req: &http::Request<'_>,
+    open: usize,
+    rooms: usize,
+    now: u64,
+    instance: &str,
+) -> Decision {
+    if req.wants_websocket() {
+        return match http::check_upgrade(req) {
+            Ok(upgrade) => {
+                let route = if req.path == "/echo" {
+                    Route::Echo
+                } else {
+                    Route::Chat
+                };
+                Decision::Upgrade { route, upgrade }
+            }
+            Err(e) => Decision::Refuse(e),
+        };
+    }
+    if req.method != "GET" {
+        return Decision::Refuse(HttpError::MethodNotAllowed);
+    }
+    if req.path != "/" {
+        return Decision::Respond {
+            status: 404,
+            body: r#"{"error":"not found"}"#.into(),
+        };
+    }
+    let body = serde_json::json!({
+        "status": "healthy",
+        "connectedClients": open,
+        "instance": instance,
+        "rooms": rooms,
+        "uptimeSeconds": now / 1000,
+    });
+    Decision::Respond {
+        status: 200,
+        body: body.to_string(),
+    }
+}

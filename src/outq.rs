@@ -1,0 +1,229 @@
+//! A connection's queue of bytes the kernel has not taken yet.
+//!
+//! Replies meant for one connection are appended to an owned buffer; a
+//! broadcast frame is shared by every member as one reference-counted
+//! buffer, so queueing it on a member copies a pointer, not the frame.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+/// One run of queued bytes.
+enum Segment {
+    /// Bytes for this connection only; later replies are appended to it.
+    Owned(Vec<u8>),
+    /// A frame shared with other connections.
+    Shared(Rc<[u8]>),
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Owned(v) => v,
+            Segment::Shared(s) => s,
+        }
+    }
+}
+
+/// The most buffers one `writev` is given.
+const MAX_IOVECS: usize = 64;
+
+/// Bytes waiting to be written, in order.
+#[derive(Default)]
+pub struct OutQueue {
+    segments: VecDeque<Segment>,
+    /// How much of the front segment is already written.
+    front_written: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+}
+
+impl OutQueue {
+    /// An empty queue; it allocates only when bytes are queued.
+    pub fn new() -> Self {
+        OutQueue::default()
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues a copy of `bytes`.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.owned_tail().extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Lets `write` append straight into the queue's owned tail, then
+    /// counts what it appended.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let tail = self.owned_tail();
+        let before = tail.len();
+        write(tail);
+        let added = tail.len() - before;
+        self.len += added;
+    }
+
+    /// Queues a shared frame without copying it.
+    pub fn push_shared(&mut self, frame: &Rc<[u8]>) {
+        if frame.is_empty() {
+            return;
+        }
+        self.len += frame.len();
+        self.segments.push_back(Segment::Shared(Rc::clone(frame)));
+    }
+
+    /// Drops every queued segment that no byte of has been written, keeping
+    /// the partly written front so the peer never sees half a frame.
+    /// Returns how many bytes were dropped.
+    pub fn discard_unsent(&mut self) -> usize {
+        let keep = usize::from(self.front_written > 0).min(self.segments.len());
+        let dropped: usize = self.segments.drain(keep..).map(|s| s.bytes().len()).sum();
+        self.len -= dropped;
+        dropped
+    }
+
+    /// Writes as much as `out` takes, with as few system calls as it can.
+    ///
+    /// Returns `Ok(true)` when the queue is empty afterwards, `Ok(false)`
+    /// when the writer would block.
+    ///
+    /// # Errors
+    ///
+    /// Any write error other than `WouldBlock` and `Interrupted`.
+    pub fn flush_to(&mut self, out: &mut impl Write) -> io::Result<bool> {
+        while !self.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, seg) in self.segments.iter().take(MAX_IOVECS).enumerate() {
+                let skip = if i == 0 { self.front_written } else { 0 };
+                slices[i] = IoSlice::new(&seg.bytes()[skip..]);
+                count += 1;
+            }
+            match out.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Frees the queue's memory once it is empty, so an idle connection
+    /// holds no buffer.
+    pub fn shrink_if_empty(&mut self) {
+        if self.is_empty() {
+            self.segments = VecDeque::new();
+        }
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.segments.front().expect("consumed bytes were queued");
+            let left = front.bytes().len() - self.front_written;
+            if n < left {
+                self.front_written += n;
+                return;
+            }
+            n -= left;
+            self.front_written = 0;
+            self.segments.pop_front();
+        }
+    }
+
+    fn owned_tail(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.segments.back(), Some(Segment::Owned(_))) {
+            self.segments.push_back(Segment::Owned(Vec::new()));
+        }
+        match self.segments.back_mut() {
+            Some(Segment::Owned(v)) => v,
+            _ => unreachable!("an owned tail was just ensured"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `limit` bytes per call, then blocks once
+    /// `budget` is spent.
+    struct Trickle {
+        got: Vec<u8>,
+        limit: usize,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.limit).min(self.budget);
+            self.got.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn keeps_order_across_partial_writes() {
+        let shared: Rc<[u8]> = Rc::from(&b"SHARED"[..]);
+        let mut q = OutQueue::new();
+        q.push_bytes(b"one");
+        q.push_bytes(b"two");
+        q.push_shared(&shared);
+        q.push_bytes(b"three");
+        assert_eq!(q.len(), 17);
+        let mut w = Trickle {
+            got: Vec::new(),
+            limit: 4,
+            budget: 10,
+        };
+        assert!(!q.flush_to(&mut w).unwrap());
+        assert_eq!(q.len(), 7);
+        w.budget = 100;
+        assert!(q.flush_to(&mut w).unwrap());
+        assert_eq!(w.got, b"onetwoSHAREDthree");
+    }
+
+    #[test]
+    fn discard_keeps_the_partly_written_front() {
+        let mut q = OutQueue::new();
+        let shared: Rc<[u8]> = Rc::from(&b"abcdef"[..]);
+        q.push_shared(&shared);
+        q.push_shared(&shared);
+        q.push_bytes(b"tail");
+        let mut w = Trickle {
+            got: Vec::new(),
+            limit: 100,
+            budget: 2,
+        };
+        assert!(!q.flush_to(&mut w).unwrap());
+        assert_eq!(q.discard_unsent(), 10);
+        q.push_bytes(b"CLOSE");
+        w.budget = 100;
+        assert!(q.flush_to(&mut w).unwrap());
+        assert_eq!(w.got, b"abcdefCLOSE");
+    }
+
+    #[test]
+    fn discard_with_nothing_written_drops_all() {
+        let mut q = OutQueue::new();
+        q.push_bytes(b"abc");
+        assert_eq!(q.discard_unsent(), 3);
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,298 @@
+//! The shell: the mio loop, sockets, signals and the clock.
+//!
+//! Everything that decides anything lives in the connection layer
+//! (`conn.rs`); this file only moves bytes between sockets and the engine,
+//! in the steps mio's contract asks for: poll, drain each readable socket
+//! until it would block, write what the engine queued, run the timers.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::Config;
+use crate::conn::Engine;
+use crate::log;
+use crate::slab::Key;
+
+/// Tokens outside the key space: a slab index is never `u32::MAX`.
+const LISTENER: Token = Token(u32::MAX as usize);
+const SIGNALS: Token = Token((1 << 32) | u32::MAX as usize);
+
+/// The shared read buffer. A read fills it at most once per call, so this
+/// also sets how much one connection reads before the next gets a turn.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Reads per readiness event before the connection waits for the next
+/// loop iteration, so one fast sender cannot starve the rest.
+const READS_PER_TURN: usize = 16;
+
+/// How often the timers run. Deadlines are met to within this.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A bound, running server. Create it with [`Server::bind`], then
+/// [`Server::run`] it until shutdown.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    engine: Engine<TcpStream>,
+    read_buf: Vec<u8>,
+    started: Instant,
+    drain_timeout: Duration,
+    /// Connections that used up their reads for this turn.
+    unfinished_reads: Vec<Key>,
+    /// Set when accept failed for lack of file descriptors: retried on the
+    /// next tick, since an edge-triggered listener will not say so again.
+    accept_backlog: bool,
+}
+
+impl Server {
+    /// Binds the listener and installs the signal handlers.
+    ///
+    /// # Errors
+    ///
+    /// When the address does not resolve or cannot be bound, or the poller
+    /// cannot be created.
+    pub fn bind(config: &Config) -> io::Result<Server> {
+        let addr = resolve(&config.host, config.port)?;
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(addr)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            engine: Engine::new(config.limits(), &config.instance_id),
+            read_buf: vec![0; READ_BUFFER],
+            started: Instant::now(),
+            drain_timeout: config.drain_timeout,
+            unfinished_reads: Vec::new(),
+            accept_backlog: false,
+        })
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    ///
+    /// If the listener is already closed, or as the OS reports.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs until a signal asks for shutdown and the drain completes.
+    ///
+    /// # Errors
+    ///
+    /// Only when polling itself fails.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let tick = TICK.as_millis() as u64;
+        let mut next_tick = self.now() + tick;
+        let mut drain_deadline = None;
+        loop {
+            let now = self.now();
+            let timeout = if self.unfinished_reads.is_empty() {
+                Duration::from_millis(next_tick.saturating_sub(now))
+            } else {
+                Duration::ZERO
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = self.now();
+            for key in std::mem::take(&mut self.unfinished_reads) {
+                self.read_from(key, now);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(now),
+                    SIGNALS => {
+                        if self.on_signals(now) && drain_deadline.is_none() {
+                            drain_deadline = Some(now + self.drain_timeout.as_millis() as u64);
+                        }
+                    }
+                    token => {
+                        let key = Key::from_usize(token.0);
+                        if event.is_writable() {
+                            self.engine.on_writable(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_from(key, now);
+                        }
+                    }
+                }
+            }
+            if now >= next_tick {
+                next_tick = now + tick;
+                self.engine.tick(now);
+                if self.accept_backlog {
+                    self.accept_all(now);
+                }
+            }
+            self.settle(now);
+            if let Some(deadline) = drain_deadline {
+                if self.engine.is_empty() || now >= deadline {
+                    log::info(
+                        "shutdown complete",
+                        &[
+                            ("unfinishedConnections", self.engine.len().into()),
+                            (
+                                "drainMillis",
+                                (now + self.drain_timeout.as_millis() as u64)
+                                    .saturating_sub(deadline)
+                                    .into(),
+                            ),
+                        ],
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Writes what the engine queued and removes the connections it is done
+    /// with, until neither leaves more work (a removal can queue notices).
+    fn settle(&mut self, now: u64) {
+        loop {
+            self.engine.flush(now);
+            let doomed = self.engine.take_doomed();
+            if doomed.is_empty() && !self.engine.has_pending_work() {
+                return;
+            }
+            for key in doomed {
+                if let Some(mut socket) = self.engine.remove(key) {
+                    // Closing the socket would remove it from epoll too;
+                    // deregistering first is mio's documented contract.
+                    let _ = self.poll.registry().deregister(&mut socket);
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self, now: u64) {
+        self.accept_backlog = false;
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((socket, _addr)) => {
+                    // Chat frames are small and latency-sensitive.
+                    let _ = socket.set_nodelay(true);
+                    let key = self.engine.accept(socket, now);
+                    let peer = self.engine.peer_mut(key).expect("just accepted");
+                    let registered = self.poll.registry().register(
+                        &mut peer.socket,
+                        Token(key.to_usize()),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    if let Err(e) = registered {
+                        log::error(
+                            "cannot register a connection",
+                            &[("error", e.to_string().into())],
+                        );
+                        self.engine.remove(key);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Typically EMFILE: out of file descriptors. The pending
+                    // connections wait in the backlog until the next tick.
+                    log::warning("accept failed", &[("error", e.to_string().into())]);
+                    self.accept_backlog = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads from `key` until it would block, the peer hangs up, or its
+    /// turn's reads are used up.
+    fn read_from(&mut self, key: Key, now: u64) {
+        for _ in 0..READS_PER_TURN {
+            let Some(peer) = self.engine.peer_mut(key) else {
+                return;
+            };
+            match peer.socket.read(&mut self.read_buf) {
+                Ok(0) => return self.engine.on_hangup(key),
+                Ok(n) => {
+                    self.engine.on_input(key, &mut self.read_buf[..n], now);
+                    // A short read emptied the socket. Linux's edge-triggered
+                    // epoll reports any byte that arrives later as a new
+                    // event, so the read that would say WouldBlock is saved.
+                    if n < self.read_buf.len() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.engine.on_hangup(key),
+            }
+        }
+        self.unfinished_reads.push(key);
+    }
+
+    /// Handles pending signals. Returns true when a shutdown starts now.
+    fn on_signals(&mut self, now: u64) -> bool {
+        let mut starts = false;
+        for signal in self.signals.pending() {
+            if self.engine.is_shutting_down() || starts {
+                log::warning(
+                    "second signal: exiting without draining",
+                    &[
+                        ("signal", signal.into()),
+                        ("unfinishedConnections", self.engine.len().into()),
+                    ],
+                );
+                std::process::exit(1);
+            }
+            log::info(
+                "shutting down",
+                &[
+                    ("signal", signal.into()),
+                    ("connections", self.engine.len().into()),
+                ],
+            );
+            if let Some(mut listener) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
+            // Whatever clients sent before the signal is still handled:
+            // read every socket once before telling them goodbye.
+            for key in self.engine.keys() {
+                self.read_from(key, now);
+            }
+            self.engine.begin_shutdown(now);
+            starts = true;
+        }
+        starts
+    }
+}
+
+fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host} resolves to no address"),
+        )
+    })
+}
