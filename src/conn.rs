@@ -57,6 +57,18 @@ pub struct Limits {
     pub ping_interval: u64,
 }
 
+impl Limits {
+    /// How many unsent bytes a connection on `route` may have queued. An
+    /// echo connection may have one largest message in flight on top of the
+    /// usual bound, since echoing it is its job.
+    pub fn queue_bound(&self, route: Route) -> usize {
+        match route {
+            Route::Chat => self.max_queued,
+            Route::Echo => self.max_queued.saturating_add(self.echo_max_message),
+        }
+    }
+}
+
 /// Which protocol an open connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -310,7 +322,9 @@ impl<S: Transport> Engine<S> {
                 }
                 Ok(false) => {
                     conn.write_blocked = true;
-                    if conn.out.len() > self.limits.max_queued && conn.phase == Phase::Open {
+                    if conn.out.len() > self.limits.queue_bound(conn.route)
+                        && conn.phase == Phase::Open
+                    {
                         // The peer does not read what its room says. Its
                         // backlog goes, so it costs nobody else memory; it
                         // gets a close frame after the frame now in flight.
