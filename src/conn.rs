@@ -360,6 +360,17 @@ impl<S: Transport> Engine<S> {
         self.table.peers.remove(key).map(|p| p.socket)
     }
 
+    /// Removes a connection without telling the app, for when the app
+    /// itself failed on it. A room may keep its key; the key's generation
+    /// makes it reach nobody.
+    pub fn evict(&mut self, key: Key) -> Option<S> {
+        let peer = self.table.peers.remove(key)?;
+        if peer.conn.phase == Phase::Open {
+            self.table.open -= 1;
+        }
+        Some(peer.socket)
+    }
+
     /// Runs the timers: handshake and close deadlines, pings, dead peers.
     pub fn tick(&mut self, now: u64) {
         let interval = self.limits.ping_interval;
@@ -422,6 +433,17 @@ impl<S: Transport> Engine<S> {
                 }
                 Phase::Closing | Phase::Lingering => {}
             }
+        }
+    }
+
+    /// Closes `key` with 1011 after a bug surfaced while handling it.
+    pub fn fail_internal(&mut self, key: Key, now: u64) {
+        match self.table.peers.get(key).map(|p| p.conn.phase) {
+            Some(Phase::Open) => {
+                self.begin_close(key, CloseCode::Internal, "internal error", now);
+            }
+            Some(_) => self.doom(key),
+            None => {}
         }
     }
 
@@ -720,5 +742,288 @@ fn decide(
     Decision::Respond {
         status: 200,
         body: body.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::parse_header;
+    use crate::mask::apply_mask;
+
+    /// A socket that records what is written and takes at most `room`
+    /// more bytes before it would block.
+    #[derive(Default)]
+    struct Wire {
+        written: Vec<u8>,
+        room: usize,
+        shut: bool,
+    }
+
+    impl Read for Wire {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    impl Write for Wire {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Transport for Wire {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.shut = true;
+            Ok(())
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_message: 1000,
+            echo_max_message: 5000,
+            max_queued: 300,
+            handshake_timeout: 10_000,
+            close_timeout: 5_000,
+            ping_interval: 30_000,
+        }
+    }
+
+    const UPGRADE: &str = "GET /PATH HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let key = [1, 2, 3, 4];
+        let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&key);
+        let mut body = payload.to_vec();
+        apply_mask(&mut body, key, 0);
+        out.extend(body);
+        out
+    }
+
+    fn connect(engine: &mut Engine<Wire>, path: &str, room: usize) -> Key {
+        let key = engine.accept(
+            Wire {
+                room,
+                ..Wire::default()
+            },
+            0,
+        );
+        let mut req = UPGRADE.replace("/PATH", path).into_bytes();
+        engine.on_input(key, &mut req, 0);
+        engine.flush(0);
+        key
+    }
+
+    /// Takes what was written to `key` and splits it into frames, after
+    /// skipping an HTTP response head if one is there.
+    fn frames(engine: &mut Engine<Wire>, key: Key) -> Vec<(OpCode, Vec<u8>)> {
+        let wire = &mut engine.peer_mut(key).unwrap().socket;
+        let mut bytes = std::mem::take(&mut wire.written);
+        if bytes.starts_with(b"HTTP/1.1") {
+            let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            bytes.drain(..end);
+        }
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let h = parse_header(&bytes[at..]).unwrap().unwrap();
+            let start = at + h.header_len;
+            let end = start + h.payload_len as usize;
+            out.push((h.opcode, bytes[start..end].to_vec()));
+            at = end;
+        }
+        out
+    }
+
+    #[test]
+    fn request_in_pieces_then_first_frame_in_the_same_read() {
+        let mut engine = Engine::new(limits(), "t");
+        let key = engine.accept(
+            Wire {
+                room: usize::MAX,
+                ..Wire::default()
+            },
+            0,
+        );
+        let mut bytes = UPGRADE.replace("/PATH", "/echo").into_bytes();
+        bytes.extend(masked(0x1, b"early"));
+        let (head, rest) = bytes.split_at(10);
+        engine.on_input(key, &mut head.to_vec(), 0);
+        assert_eq!(engine.peer(key).unwrap().conn.phase(), Phase::Handshake);
+        engine.on_input(key, &mut rest.to_vec(), 0);
+        engine.flush(0);
+        assert_eq!(engine.open_connections(), 1);
+        let written = engine.peer(key).unwrap().socket.written.clone();
+        assert!(written.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert_eq!(
+            frames(&mut engine, key),
+            vec![(OpCode::Text, b"early".to_vec())]
+        );
+    }
+
+    #[test]
+    fn close_handshake_then_half_close() {
+        let mut engine = Engine::new(limits(), "t");
+        let key = connect(&mut engine, "/echo", usize::MAX);
+        frames(&mut engine, key);
+        engine.on_input(key, &mut masked(0x8, &1000u16.to_be_bytes()), 1);
+        engine.flush(1);
+        assert_eq!(
+            frames(&mut engine, key),
+            vec![(OpCode::Close, 1000u16.to_be_bytes().to_vec())]
+        );
+        let peer = engine.peer(key).unwrap();
+        assert_eq!(peer.conn.phase(), Phase::Lingering);
+        assert!(
+            peer.socket.shut,
+            "TCP is half-closed once the close is written"
+        );
+        assert_eq!(engine.open_connections(), 0);
+    }
+
+    #[test]
+    fn protocol_error_closes_and_waits_for_the_reply() {
+        let mut engine = Engine::new(limits(), "t");
+        let key = connect(&mut engine, "/echo", usize::MAX);
+        frames(&mut engine, key);
+        let mut unmasked = vec![0x81, 0x01, b'x'];
+        engine.on_input(key, &mut unmasked, 1);
+        engine.flush(1);
+        let sent = frames(&mut engine, key);
+        assert_eq!(sent[0].0, OpCode::Close);
+        assert_eq!(&sent[0].1[..2], &1002u16.to_be_bytes());
+        assert_eq!(engine.peer(key).unwrap().conn.phase(), Phase::Closing);
+        engine.tick(4_000);
+        assert!(engine.take_doomed().is_empty());
+        engine.tick(5_001);
+        assert_eq!(engine.take_doomed(), vec![key]);
+    }
+
+    #[test]
+    fn slow_consumer_is_closed_and_its_room_is_told() {
+        // Room for the handshake and the join notices, not for much more.
+        let mut engine = Engine::new(
+            Limits {
+                max_queued: 600,
+                ..limits()
+            },
+            "t",
+        );
+        let slow = connect(&mut engine, "/", 0);
+        let fast = connect(&mut engine, "/", usize::MAX);
+        for key in [slow, fast] {
+            engine.on_input(key, &mut masked(0x1, br#"{"type":"join","roomId":"r"}"#), 1);
+        }
+        engine.flush(1);
+        frames(&mut engine, fast);
+        let text = format!(r#"{{"type":"message","text":"{}"}}"#, "x".repeat(90));
+        for _ in 0..4 {
+            engine.on_input(fast, &mut masked(0x1, text.as_bytes()), 2);
+            engine.flush(2);
+        }
+        assert_eq!(engine.peer(slow).unwrap().conn.phase(), Phase::Closing);
+        let queued = engine.peer(slow).unwrap().conn.queued();
+        assert!(
+            queued < 40,
+            "the backlog is dropped, only the close stays: {queued}"
+        );
+        let got = frames(&mut engine, fast);
+        let notices: Vec<serde_json::Value> = got
+            .iter()
+            .map(|(_, p)| serde_json::from_slice(p).unwrap())
+            .collect();
+        assert_eq!(notices.iter().filter(|n| n["type"] == "message").count(), 4);
+        let left: Vec<_> = notices
+            .iter()
+            .filter(|n| n["type"] == "user_left")
+            .collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0]["userCount"], 1);
+    }
+
+    #[test]
+    fn handshake_deadline_and_dead_peers() {
+        let mut engine = Engine::new(limits(), "t");
+        let idle = engine.accept(Wire::default(), 0);
+        let open = connect(&mut engine, "/", usize::MAX);
+        engine.tick(9_999);
+        assert!(engine.take_doomed().is_empty());
+        engine.tick(10_000);
+        assert_eq!(engine.take_doomed(), vec![idle]);
+        engine.remove(idle);
+        frames(&mut engine, open);
+        engine.tick(30_000);
+        engine.flush(30_000);
+        assert_eq!(frames(&mut engine, open), vec![(OpCode::Ping, Vec::new())]);
+        engine.tick(59_999);
+        assert!(engine.take_doomed().is_empty());
+        engine.tick(60_000);
+        assert_eq!(engine.take_doomed(), vec![open]);
+    }
+
+    #[test]
+    fn plain_requests_get_answers_and_the_connection_ends() {
+        let mut engine = Engine::new(limits(), "rev");
+        for (request, status) in [
+            ("GET / HTTP/1.1\r\n\r\n", "200"),
+            ("GET /nope HTTP/1.1\r\n\r\n", "404"),
+            ("DELETE / HTTP/1.1\r\n\r\n", "405"),
+            ("\x16\x03\x01", "400"),
+        ] {
+            let key = engine.accept(
+                Wire {
+                    room: usize::MAX,
+                    ..Wire::default()
+                },
+                0,
+            );
+            engine.on_input(key, &mut request.as_bytes().to_vec(), 0);
+            engine.flush(0);
+            let peer = engine.peer(key).unwrap();
+            let text = String::from_utf8_lossy(&peer.socket.written);
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{request:?}: {text}"
+            );
+            assert!(peer.socket.shut);
+            assert_eq!(peer.conn.phase(), Phase::Lingering);
+        }
+    }
+
+    #[test]
+    fn shutdown_tells_chat_clients_then_closes_1001() {
+        let mut engine = Engine::new(limits(), "t");
+        let chat = connect(&mut engine, "/", usize::MAX);
+        let echo = connect(&mut engine, "/echo", usize::MAX);
+        let pending = engine.accept(Wire::default(), 0);
+        frames(&mut engine, chat);
+        frames(&mut engine, echo);
+        engine.begin_shutdown(1);
+        engine.flush(1);
+        let got = frames(&mut engine, chat);
+        assert_eq!(
+            got[0],
+            (OpCode::Text, br#"{"type":"server_shutdown"}"#.to_vec())
+        );
+        assert_eq!(got[1].0, OpCode::Close);
+        assert_eq!(&got[1].1[..2], &1001u16.to_be_bytes());
+        let got = frames(&mut engine, echo);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].1[..2], &1001u16.to_be_bytes());
+        assert_eq!(engine.take_doomed(), vec![pending]);
     }
 }

@@ -7,6 +7,7 @@
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -236,7 +237,30 @@ impl Server {
             match peer.socket.read(&mut self.read_buf) {
                 Ok(0) => return self.engine.on_hangup(key),
                 Ok(n) => {
-                    self.engine.on_input(key, &mut self.read_buf[..n], now);
+                    let input = &mut self.read_buf[..n];
+                    let engine = &mut self.engine;
+                    // A bug in handling one connection's input must not take
+                    // down every other connection: that connection alone is
+                    // closed with 1011.
+                    let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+                        engine.on_input(key, input, now);
+                    }));
+                    if handled.is_err() {
+                        log::error(
+                            "bug: handling input panicked",
+                            &[("conn", key.to_usize().into())],
+                        );
+                        let engine = &mut self.engine;
+                        let closed = panic::catch_unwind(AssertUnwindSafe(|| {
+                            engine.fail_internal(key, now)
+                        }));
+                        if closed.is_err() {
+                            if let Some(mut socket) = self.engine.evict(key) {
+                                let _ = self.poll.registry().deregister(&mut socket);
+                            }
+                        }
+                        return;
+                    }
                     // A short read emptied the socket. Linux's edge-triggered
                     // epoll reports any byte that arrives later as a new
                     // event, so the read that would say WouldBlock is saved.
