@@ -21,7 +21,9 @@ pub const MAX_ROOM_ID_BYTES: usize = 256;
 /// What the chat app keeps per connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Member {
+    /// The identifier others see.
     pub client_id: ClientId,
+    /// The room the connection is in, if any.
     pub membership: Option<Membership>,
 }
 

@@ -147,7 +147,9 @@ impl Connection {
 
 /// A connection and its transport.
 pub struct Peer<S> {
+    /// The transport, as the shell registered it.
     pub socket: S,
+    /// The protocol state.
     pub conn: Connection,
 }
 

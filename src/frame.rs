@@ -25,11 +25,17 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// header is parsed, so they have no variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {
+    /// 0x0: a later fragment of a message.
     Continuation = 0x0,
+    /// 0x1: the first frame of a text message.
     Text = 0x1,
+    /// 0x2: the first frame of a binary message.
     Binary = 0x2,
+    /// 0x8: close.
     Close = 0x8,
+    /// 0x9: ping.
     Ping = 0x9,
+    /// 0xA: pong.
     Pong = 0xA,
 }
 
@@ -55,9 +61,13 @@ impl OpCode {
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// Whether this is the last frame of its message.
     pub fin: bool,
+    /// The frame's opcode.
     pub opcode: OpCode,
+    /// The masking key, for masked frames.
     pub mask: Option<[u8; 4]>,
+    /// The payload length as declared.
     pub payload_len: u64,
     /// How many bytes the header took on the wire.
     pub header_len: usize,
@@ -267,7 +277,9 @@ impl fmt::Debug for ControlPayload {
 /// A data message's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
+    /// UTF-8 text.
     Text,
+    /// Arbitrary bytes.
     Binary,
 }
 
@@ -296,10 +308,14 @@ pub enum Payload {
 pub enum Event {
     /// A complete data message; text is already checked to be UTF-8.
     Message {
+        /// Text or binary.
         kind: MessageKind,
+        /// Where the payload is.
         payload: Payload,
     },
+    /// A ping, to be answered with a pong carrying the same payload.
     Ping(ControlPayload),
+    /// A pong.
     Pong(ControlPayload),
     /// A close frame; its payload is not yet validated (see `close.rs`).
     Close(ControlPayload),

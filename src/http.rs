@@ -23,6 +23,7 @@ const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// A parsed request head. Everything borrows from the bytes parsed.
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// The method, such as `GET`.
     pub method: &'a str,
     /// The path, without the query.
     pub path: &'a str,

@@ -6,6 +6,9 @@
 //! (`http`, `frame`, `mask`, `utf8`, `close`) parses and encodes bytes and
 //! nothing else; the app (`chat`, `rooms`) speaks the JSON chat protocol.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod chat;
 pub mod clock;
 pub mod close;

@@ -15,9 +15,13 @@ use crate::clock::Timestamp;
 /// How much to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// Per-connection detail.
     Debug = 0,
+    /// Lifecycle events.
     Info = 1,
+    /// Peer faults, degraded operation.
     Warning = 2,
+    /// Our own failures.
     Error = 3,
 }
 

@@ -11,14 +11,18 @@ use crate::slab::{Key, Slab};
 /// Where a connection sits in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Membership {
+    /// The room.
     pub room: Key,
+    /// The index of the member in the room's member list.
     pub position: u32,
 }
 
 /// A room and its members.
 #[derive(Debug)]
 pub struct Room {
+    /// The room's name, as clients gave it.
     pub name: Box<str>,
+    /// The members' connection keys, in no particular order.
     pub members: Vec<Key>,
 }
 
