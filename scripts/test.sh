@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Run roomcast's whole test suite: the one command for developers and CI.
+#
+#   scripts/test.sh
+#
+# Works on a fresh Debian/Ubuntu machine with a Rust toolchain: it sets up
+# what else it needs (a Python venv with kosoku under target/venv) and then
+# runs, stopping at the first failure:
+#
+#   1. cargo fmt --check
+#   2. cargo clippy (all targets, warnings are errors)
+#   3. the Rust tests (cargo nextest if installed, else cargo test) + doctests
+#   4. cargo build --release
+#   5. the Autobahn conformance cases 1-10 against the release binary
+#
+# Setup steps are `ensure_*` functions so new prerequisites (a redis server,
+# chromium, ...) can be added next to ensure_python_venv and called from main.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT=$(pwd)
+
+VENV_DIR="$REPO_ROOT/target/venv"
+KOSOKU_VERSION="0.1.0"
+
+# ---------------------------------------------------------------- helpers
+
+CURRENT_STEP="setup"
+SUITE_START=$SECONDS
+
+section() {
+    CURRENT_STEP="$*"
+    printf '\n==> %s\n' "$*"
+}
+
+# An EXIT trap (rather than ERR) also sees failures inside functions.
+on_exit() {
+    local status=$?
+    if [ "$status" -ne 0 ]; then
+        printf '\n==> FAILED: %s (exit status %d, after %ds)\n' \
+            "$CURRENT_STEP" "$status" "$((SECONDS - SUITE_START))" >&2
+    fi
+}
+trap on_exit EXIT
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Install Debian packages; only possible as root (CI and the dev machines run
+# as root). Otherwise print the command for the user and fail.
+apt_install() {
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        echo "installing with apt-get: $*"
+        if [ -z "${APT_UPDATED:-}" ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            APT_UPDATED=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+    else
+        echo "error: missing system packages; install them with:" >&2
+        echo "    sudo apt-get install $*" >&2
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------- setup
+
+# A venv under target/ (gitignored, removed by `cargo clean`) holding kosoku,
+# the Autobahn fuzzing client used by scripts/autobahn.py.
+ensure_python_venv() {
+    section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION)"
+    local py="$VENV_DIR/bin/python"
+
+    if [ -x "$py" ] && "$py" -c 'import sys; from importlib.metadata import version
+sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
+        echo "kosoku $KOSOKU_VERSION already installed"
+        return 0
+    fi
+
+    if ! command -v python3 >/dev/null 2>&1; then
+        apt_install python3 python3-venv
+    fi
+    if [ ! -x "$py" ]; then
+        rm -rf "$VENV_DIR" # a half-made venv (e.g. from a failed ensurepip)
+        mkdir -p "$(dirname "$VENV_DIR")"
+        # Debian splits ensurepip into python3-venv; without it venv fails.
+        if ! python3 -m venv "$VENV_DIR"; then
+            rm -rf "$VENV_DIR"
+            echo "python3 -m venv failed; python3-venv is probably missing"
+            apt_install python3-venv
+            # python3-venv serves Debian's own python3; a python3 earlier on
+            # PATH (pyenv, /usr/local) may still lack ensurepip.
+            python3 -m venv "$VENV_DIR" || {
+                rm -rf "$VENV_DIR"
+                /usr/bin/python3 -m venv "$VENV_DIR"
+            }
+        fi
+    fi
+    "$py" -m pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
+    echo "installed kosoku $KOSOKU_VERSION"
+}
+
+# ---------------------------------------------------------------- checks
+
+run_rust_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        section "cargo nextest run"
+        # --no-tests=warn: an empty test set is not an error here (the
+        # Autobahn run below still tests the server).
+        cargo nextest run --all-targets --no-tests=warn
+        section "cargo test --doc"
+        cargo test --doc
+    else
+        section "cargo test"
+        cargo test --all-targets
+        # --all-targets leaves doctests out
+        section "cargo test --doc"
+        cargo test --doc
+    fi
+}
+
+main() {
+    ensure_python_venv
+
+    section "cargo fmt --check"
+    cargo fmt --all -- --check
+
+    section "cargo clippy"
+    cargo clippy --all-targets -- -D warnings
+
+    run_rust_tests
+
+    section "cargo build --release"
+    cargo build --release
+
+    section "autobahn (cases 1-10 against target/release/roomcast)"
+    # Keep this last: its final line (`autobahn: N passed, M failed`) should
+    # close the output.
+    "$VENV_DIR/bin/python" scripts/autobahn.py --binary target/release/roomcast
+}
+
+main "$@"
