@@ -8,9 +8,9 @@
 //! writes each dirty connection once, and removes what [`Engine::take_doomed`]
 //! lists.
 //!
-//! A connection goes Handshake -> Open -> Closing -> Lingering -> removed,
-//! skipping states where the peer does (a plain HTTP request goes straight
-//! from Handshake to Lingering).
+//! A WebSocket goes Handshake -> Open -> (Closing ->) Finished -> removed:
+//! Closing when we send the first close frame, Finished once both have.
+//! A plain HTTP request goes from Handshake to Lingering -> removed.
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
@@ -79,7 +79,7 @@ pub enum Route {
 }
 
 /// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Reading the HTTP request.
     Handshake,
@@ -87,8 +87,13 @@ pub enum Phase {
     Open,
     /// We sent a close frame and wait for the peer's.
     Closing,
-    /// Our last bytes are queued; once written we shut down our half and
-    /// wait, briefly, for the peer to close its own.
+    /// The close handshake is complete; TCP is closed once our close frame
+    /// is written (RFC 6455 7.1.1: the server closes TCP first).
+    Finished,
+    /// An HTTP response is queued; once written we shut down our half and
+    /// wait, briefly, for the peer to close its own, so that a request body
+    /// still arriving cannot turn our close into a reset that destroys the
+    /// response before the peer reads it.
     Lingering,
 }
 
@@ -279,7 +284,7 @@ impl<S: Transport> Engine<S> {
             Phase::Handshake => self.on_request_bytes(key, input, now),
             Phase::Open | Phase::Closing => self.on_frames(key, input, 0, now),
             // The peer's last words after the close handshake are dropped.
-            Phase::Lingering => {}
+            Phase::Finished | Phase::Lingering => {}
         }
     }
 
@@ -292,7 +297,7 @@ impl<S: Transport> Engine<S> {
     pub fn on_writable(&mut self, key: Key) {
         if let Some(peer) = self.table.peers.get_mut(key) {
             peer.conn.write_blocked = false;
-            if !peer.conn.out.is_empty() || peer.conn.phase == Phase::Lingering {
+            if !peer.conn.out.is_empty() || peer.conn.phase >= Phase::Finished {
                 self.table.mark_dirty(key);
             }
         }
@@ -315,7 +320,9 @@ impl<S: Transport> Engine<S> {
             match flushed {
                 Err(_) => self.doom(key),
                 Ok(true) => {
-                    if conn.phase == Phase::Lingering && !conn.write_shut {
+                    if conn.phase == Phase::Finished {
+                        self.doom(key);
+                    } else if conn.phase == Phase::Lingering && !conn.write_shut {
                         conn.write_shut = true;
                         if peer.socket.shutdown_write().is_err() {
                             self.doom(key);
@@ -381,7 +388,7 @@ impl<S: Transport> Engine<S> {
         for (key, peer) in peers.iter_mut() {
             let conn = &mut peer.conn;
             match conn.phase {
-                Phase::Handshake | Phase::Closing | Phase::Lingering => {
+                Phase::Handshake | Phase::Closing | Phase::Finished | Phase::Lingering => {
                     if now >= conn.deadline {
                         expired.push(key);
                     }
@@ -433,7 +440,7 @@ impl<S: Transport> Engine<S> {
                     }
                     self.begin_close(key, CloseCode::GoingAway, "server shutting down", now);
                 }
-                Phase::Closing | Phase::Lingering => {}
+                Phase::Closing | Phase::Finished | Phase::Lingering => {}
             }
         }
     }
@@ -551,7 +558,7 @@ impl<S: Transport> Engine<S> {
             if conn.phase != Phase::Open {
                 // Closing: we said our last word and wait only for theirs.
                 match event {
-                    Event::Close(_) => return self.linger(key, now),
+                    Event::Close(_) => return self.finish(key, now),
                     Event::Message {
                         payload: Payload::Assembled,
                         ..
@@ -614,7 +621,7 @@ impl<S: Transport> Engine<S> {
                         }
                     }
                     self.leave_open(key);
-                    return self.linger(key, now);
+                    return self.finish(key, now);
                 }
             }
         }
@@ -637,7 +644,7 @@ impl<S: Transport> Engine<S> {
         } else {
             // Garbage while we wait for the close reply: nothing more is
             // worth reading from this peer.
-            self.linger(key, now);
+            self.finish(key, now);
         }
     }
 
@@ -652,6 +659,17 @@ impl<S: Transport> Engine<S> {
         conn.out.push_with(|v| write_close(v, code, reason));
         conn.phase = Phase::Closing;
         conn.deadline = now + self.limits.close_timeout;
+        self.table.mark_dirty(key);
+    }
+
+    /// Closes TCP once the queue is written, or after the close timeout if
+    /// the peer does not take it.
+    fn finish(&mut self, key: Key, now: u64) {
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return;
+        };
+        peer.conn.phase = Phase::Finished;
+        peer.conn.deadline = now + self.limits.close_timeout;
         self.table.mark_dirty(key);
     }
 
@@ -878,7 +896,7 @@ mod tests {
     }
 
     #[test]
-    fn close_handshake_then_half_close() {
+    fn close_handshake_then_tcp_close() {
         let mut engine = Engine::new(limits(), "t");
         let key = connect(&mut engine, "/echo", usize::MAX);
         frames(&mut engine, key);
@@ -888,11 +906,11 @@ mod tests {
             frames(&mut engine, key),
             vec![(OpCode::Close, 1000u16.to_be_bytes().to_vec())]
         );
-        let peer = engine.peer(key).unwrap();
-        assert_eq!(peer.conn.phase(), Phase::Lingering);
-        assert!(
-            peer.socket.shut,
-            "TCP is half-closed once the close is written"
+        assert_eq!(engine.peer(key).unwrap().conn.phase(), Phase::Finished);
+        assert_eq!(
+            engine.take_doomed(),
+            vec![key],
+            "TCP closes once the close is written"
         );
         assert_eq!(engine.open_connections(), 0);
     }
