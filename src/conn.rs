@@ -403,9 +403,7 @@ impl<S: Transport> Engine<S> {
                     }
                 }
             }
-            if conn.out.is_empty() {
-                conn.out.shrink_if_empty();
-            }
+            conn.out.release_excess();
         }
         for key in expired {
             if let Some(phase) = self.table.peers.get(key).map(|p| p.conn.phase) {

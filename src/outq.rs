@@ -25,6 +25,10 @@ impl Segment {
     }
 }
 
+/// Segments an empty queue keeps room for: a few chat messages between
+/// two writes.
+const KEEP_SEGMENTS: usize = 8;
+
 /// The most buffers one `writev` is given.
 const MAX_IOVECS: usize = 64;
 
@@ -117,10 +121,11 @@ impl OutQueue {
         Ok(true)
     }
 
-    /// Frees the queue's memory once it is empty, so an idle connection
-    /// holds no buffer.
-    pub fn shrink_if_empty(&mut self) {
-        if self.is_empty() {
+    /// Frees the segment list of an empty queue that grew in a burst. A
+    /// small list is kept, so that queueing a broadcast frame on a member
+    /// allocates nothing in the steady state.
+    pub fn release_excess(&mut self) {
+        if self.is_empty() && self.segments.capacity() > KEEP_SEGMENTS {
             self.segments = VecDeque::new();
         }
     }
