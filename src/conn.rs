@@ -650,34 +650,30 @@ impl<S: Transport> Engine<S> {
     /// peer's. The connection leaves its room at once.
     fn begin_close(&mut self, key: Key, code: CloseCode, reason: &str, now: u64) {
         self.leave_open(key);
-        let Some(peer) = self.table.peers.get_mut(key) else {
-            return;
-        };
-        let conn = &mut peer.conn;
-        conn.out.push_with(|v| write_close(v, code, reason));
-        conn.phase = Phase::Closing;
-        conn.deadline = now + self.limits.close_timeout;
-        self.table.mark_dirty(key);
+        if let Some(peer) = self.table.peers.get_mut(key) {
+            peer.conn.out.push_with(|v| write_close(v, code, reason));
+        }
+        self.wind_down(key, Phase::Closing, now);
     }
 
     /// Closes TCP once the queue is written, or after the close timeout if
     /// the peer does not take it.
     fn finish(&mut self, key: Key, now: u64) {
-        let Some(peer) = self.table.peers.get_mut(key) else {
-            return;
-        };
-        peer.conn.phase = Phase::Finished;
-        peer.conn.deadline = now + self.limits.close_timeout;
-        self.table.mark_dirty(key);
+        self.wind_down(key, Phase::Finished, now);
     }
 
     /// Once the queue is written, shuts down our half and waits, at most the
     /// close timeout, for the peer to close.
     fn linger(&mut self, key: Key, now: u64) {
+        self.wind_down(key, Phase::Lingering, now);
+    }
+
+    /// Enters one of the closing phases, each bounded by the close timeout.
+    fn wind_down(&mut self, key: Key, phase: Phase, now: u64) {
         let Some(peer) = self.table.peers.get_mut(key) else {
             return;
         };
-        peer.conn.phase = Phase::Lingering;
+        peer.conn.phase = phase;
         peer.conn.deadline = now + self.limits.close_timeout;
         self.table.mark_dirty(key);
     }
