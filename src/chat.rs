@@ -242,8 +242,12 @@ impl Chat {
     }
 
     fn message(&mut self, out: &mut impl Outbox, who: Key, text: Option<&RawValue>) {
-        let Some(text) = text.filter(|t| t.get().starts_with('"')) else {
-            return self.reply_error(out, who, "text must be a string");
+        let text = match text {
+            None => return self.reply_error(out, who, "text is required"),
+            Some(t) if !t.get().starts_with('"') => {
+                return self.reply_error(out, who, "text must be a string");
+            }
+            Some(t) => t,
         };
         let Some(member) = out.member(who) else {
             return;

@@ -495,8 +495,15 @@ impl<S: Transport> Engine<S> {
         let mut head = std::mem::take(&mut conn.head);
         match decision {
             Decision::Refuse(err) => {
-                log::warning(
-                    "handshake refused",
+                // A wrong path is ordinary web noise; a broken request or
+                // upgrade is a peer fault worth an operator's eye.
+                let level = match err {
+                    HttpError::NotFound => log::Level::Debug,
+                    _ => log::Level::Warning,
+                };
+                log::log(
+                    level,
+                    "request refused",
                     &[
                         ("conn", key.to_usize().into()),
                         ("status", err.status().into()),
@@ -702,6 +709,17 @@ fn mark_dirty_conn(conn: &mut Connection, dirty: &mut Vec<Key>, key: Key) {
     }
 }
 
+/// The health report served at `GET /`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health<'a> {
+    status: &'a str,
+    connected_clients: usize,
+    instance: &'a str,
+    rooms: usize,
+    uptime_seconds: u64,
+}
+
 /// How a complete request is answered.
 enum Decision {
     Refuse(HttpError),
@@ -741,22 +759,17 @@ fn decide(
         return Decision::Refuse(HttpError::MethodNotAllowed);
     }
     if req.path != "/" {
-        return Decision::Respond {
-            status: 404,
-            body: r#"{"error":"not found"}"#.into(),
-        };
+        return Decision::Refuse(HttpError::NotFound);
     }
-    let body = serde_json::json!({
-        "status": "healthy",
-        "connectedClients": open,
-        "instance": instance,
-        "rooms": rooms,
-        "uptimeSeconds": now / 1000,
-    });
-    Decision::Respond {
-        status: 200,
-        body: body.to_string(),
-    }
+    let body = serde_json::to_string(&Health {
+        status: "healthy",
+        connected_clients: open,
+        instance,
+        rooms,
+        uptime_seconds: now / 1000,
+    })
+    .expect("the health report serialises");
+    Decision::Respond { status: 200, body }
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ pub enum HttpError {
     HeadTooLarge,
     /// Only GET can be upgraded or served.
     MethodNotAllowed,
+    /// A plain request for a path that serves nothing.
+    NotFound,
     /// An upgrade over HTTP/1.0 (RFC 6455 4.1 needs 1.1).
     UpgradeNeedsHttp11,
     /// `Upgrade` does not name `websocket`.
@@ -69,6 +71,7 @@ impl HttpError {
         match self {
             HttpError::HeadTooLarge => 431,
             HttpError::MethodNotAllowed => 405,
+            HttpError::NotFound => 404,
             HttpError::UnsupportedVersion => 426,
             _ => 400,
         }
@@ -81,6 +84,7 @@ impl HttpError {
             HttpError::BadHeader => "malformed header field",
             HttpError::HeadTooLarge => "request header fields too large",
             HttpError::MethodNotAllowed => "only GET is allowed",
+            HttpError::NotFound => "not found",
             HttpError::UpgradeNeedsHttp11 => "websocket upgrade needs HTTP/1.1",
             HttpError::NotWebSocketUpgrade => "Upgrade header must be websocket",
             HttpError::MissingConnectionUpgrade => "Connection header must contain upgrade",
@@ -96,6 +100,7 @@ impl HttpError {
         match self {
             HttpError::HeadTooLarge => "too_large",
             HttpError::MethodNotAllowed => "method",
+            HttpError::NotFound => "not_found",
             HttpError::UnsupportedVersion => "version",
             _ => "bad_request",
         }
