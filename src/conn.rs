@@ -558,7 +558,11 @@ impl<S: Transport> Engine<S> {
             let event = match conn.decoder.decode(input, &mut pos) {
                 Ok(Some(event)) => event,
                 Ok(None) => return,
-                Err(err) => return self.on_frame_error(key, err, now),
+                Err(err) => {
+                    // Keep decoding: the peer's close may follow in this read.
+                    self.on_frame_error(key, err, now);
+                    continue;
+                }
             };
             if conn.phase != Phase::Open {
                 // Closing: we said our last word and wait only for theirs.
@@ -633,9 +637,12 @@ impl<S: Transport> Engine<S> {
     }
 
     fn on_frame_error(&mut self, key: Key, err: FrameError, now: u64) {
-        let Some(peer) = self.table.peers.get_mut(key) else {
+        let Some(peer) = self.table.peers.get(key) else {
             return;
         };
+        // A second violation while we wait for the close reply changes
+        // nothing: the decoder skips what it cannot frame, and the close
+        // timeout bounds the wait.
         if peer.conn.phase == Phase::Open {
             log::debug(
                 "closing on protocol error",
@@ -646,10 +653,6 @@ impl<S: Transport> Engine<S> {
                 ],
             );
             self.begin_close(key, err.close_code(), err.reason(), now);
-        } else {
-            // Garbage while we wait for the close reply: nothing more is
-            // worth reading from this peer.
-            self.finish(key, now);
         }
     }
 
@@ -1006,9 +1009,9 @@ mod tests {
     fn plain_requests_get_answers_and_the_connection_ends() {
         let mut engine = Engine::new(limits(), "rev");
         for (request, status) in [
-            ("GET / HTTP/1.1\r\n\r\n", "200"),
-            ("GET /nope HTTP/1.1\r\n\r\n", "404"),
-            ("DELETE / HTTP/1.1\r\n\r\n", "405"),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "200"),
+            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
+            ("DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
             ("\x16\x03\x01", "400"),
         ] {
             let key = engine.accept(

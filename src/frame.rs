@@ -136,59 +136,83 @@ impl std::error::Error for FrameError {}
 /// Parses a frame header from the start of `buf`.
 ///
 /// Returns `Ok(None)` when `buf` is too short to hold the whole header; no
-/// input is consumed in that case.
+/// input is consumed in that case. A header is at most 14 bytes, so waiting
+/// for all of it before judging it costs nothing.
 ///
 /// # Errors
 ///
 /// Reserved bits, reserved opcodes, malformed control frames and oversized
-/// 64-bit lengths are rejected as soon as the bytes that show them arrive.
+/// 64-bit lengths.
 pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
-    let [b0, b1, ..] = *buf else { return Ok(None) };
+    split_header(buf).map(|raw| check_header(&raw)).transpose()
+}
+
+/// A header's fields as they are on the wire, before any rule is checked.
+#[derive(Debug, Clone, Copy)]
+struct RawHeader {
+    b0: u8,
+    payload_len: u64,
+    mask: Option<[u8; 4]>,
+    header_len: usize,
+}
+
+/// Cuts a whole header from the start of `buf`, or says it is unfinished.
+fn split_header(buf: &[u8]) -> Option<RawHeader> {
+    let [b0, b1, ..] = *buf else { return None };
+    let header_len = header_len(b1);
+    if buf.len() < header_len {
+        return None;
+    }
+    let (payload_len, key_at) = match b1 & 0x7F {
+        126 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+        127 => {
+            let len = buf[2..10].try_into().expect("8 bytes checked above");
+            (u64::from_be_bytes(len), 10)
+        }
+        n => (u64::from(n), 2),
+    };
+    let mask = (b1 & 0x80 != 0).then(|| {
+        buf[key_at..key_at + 4]
+            .try_into()
+            .expect("4 bytes checked above")
+    });
+    Some(RawHeader {
+        b0,
+        payload_len,
+        mask,
+        header_len,
+    })
+}
+
+/// Applies RFC 6455 5.2 and 5.5 to a header.
+fn check_header(raw: &RawHeader) -> Result<FrameHeader, FrameError> {
+    let b0 = raw.b0;
     if b0 & 0x70 != 0 {
         return Err(FrameError::ReservedBits);
     }
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::ReservedOpcode(b0 & 0x0F))?;
     let fin = b0 & 0x80 != 0;
-    let masked = b1 & 0x80 != 0;
-    let len7 = b1 & 0x7F;
+    // RFC 6455 5.2: the most significant bit of a 64-bit length MUST be 0.
+    if raw.payload_len >> 63 != 0 {
+        return Err(FrameError::LengthOverflow);
+    }
     if opcode.is_control() {
         // RFC 6455 5.5: control frames MUST have a payload length of 125
         // bytes or less and MUST NOT be fragmented.
         if !fin {
             return Err(FrameError::FragmentedControl);
         }
-        if len7 > 125 {
+        if raw.payload_len > 125 {
             return Err(FrameError::ControlTooBig);
         }
     }
-    let header_len = header_len(b1);
-    if buf.len() < header_len {
-        return Ok(None);
-    }
-    let (payload_len, key_at) = match len7 {
-        126 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-        127 => {
-            let len = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes checked above"));
-            // RFC 6455 5.2: the most significant bit MUST be 0.
-            if len >> 63 != 0 {
-                return Err(FrameError::LengthOverflow);
-            }
-            (len, 10)
-        }
-        n => (u64::from(n), 2),
-    };
-    let mask = masked.then(|| {
-        buf[key_at..key_at + 4]
-            .try_into()
-            .expect("4 bytes checked above")
-    });
-    Ok(Some(FrameHeader {
+    Ok(FrameHeader {
         fin,
         opcode,
-        mask,
-        payload_len,
-        header_len,
-    }))
+        mask: raw.mask,
+        payload_len: raw.payload_len,
+        header_len: raw.header_len,
+    })
 }
 
 /// The whole header length implied by the second header byte.
@@ -325,6 +349,12 @@ pub enum Event {
 enum State {
     /// Waiting for (the rest of) a frame header.
     Header,
+    /// Discarding the rest of a frame that was refused, so that the frames
+    /// after it (above all the peer's answer to our close) still parse.
+    Skip { remaining: u64 },
+    /// After a length that cannot be right nothing that follows can be
+    /// framed; all further input is discarded.
+    Broken,
     /// Inside a frame's payload.
     Payload {
         opcode: OpCode,
@@ -414,12 +444,41 @@ impl Decoder {
         loop {
             match self.state {
                 State::Header => {
-                    let Some(header) = self.read_header(input, pos)? else {
+                    let Some(raw) = self.read_header(input, pos) else {
                         return Ok(None);
+                    };
+                    let header = match check_header(&raw) {
+                        Ok(header) => header,
+                        // A length that cannot be trusted leaves nothing
+                        // to skip by; any other refused frame is skipped.
+                        Err(e @ FrameError::LengthOverflow) => {
+                            return Err(self.fail(e, State::Broken));
+                        }
+                        Err(e) => {
+                            let skip = State::Skip {
+                                remaining: raw.payload_len,
+                            };
+                            return Err(self.fail(e, skip));
+                        }
                     };
                     if let Some(event) = self.start_frame(header, input, pos)? {
                         return Ok(Some(event));
                     }
+                }
+                State::Skip { remaining } => {
+                    let n = remaining.min((input.len() - *pos) as u64);
+                    *pos += n as usize;
+                    if remaining > n {
+                        self.state = State::Skip {
+                            remaining: remaining - n,
+                        };
+                        return Ok(None);
+                    }
+                    self.state = State::Header;
+                }
+                State::Broken => {
+                    *pos = input.len();
+                    return Ok(None);
                 }
                 State::Payload {
                     opcode,
@@ -433,15 +492,18 @@ impl Decoder {
                     let chunk = &mut input[*pos..*pos + n];
                     *pos += n;
                     apply_mask(chunk, key, offset as usize);
+                    let remaining = remaining - n as u64;
                     if opcode.is_control() {
                         self.partial.extend_from_slice(chunk);
                     } else {
-                        if self.assembling == Some(MessageKind::Text) {
-                            self.utf8.feed(chunk).map_err(|_| FrameError::InvalidUtf8)?;
+                        if self.assembling == Some(MessageKind::Text)
+                            && self.utf8.feed(chunk).is_err()
+                        {
+                            let skip = State::Skip { remaining };
+                            return Err(self.fail(FrameError::InvalidUtf8, skip));
                         }
                         self.message.extend_from_slice(chunk);
                     }
-                    let remaining = remaining - n as u64;
                     if remaining > 0 {
                         let offset = offset + n as u64;
                         self.state = State::Payload {
@@ -468,33 +530,30 @@ impl Decoder {
     }
 
     /// Reads a whole header, from `input` or from what earlier reads left.
-    fn read_header(
-        &mut self,
-        input: &[u8],
-        pos: &mut usize,
-    ) -> Result<Option<FrameHeader>, FrameError> {
+    fn read_header(&mut self, input: &[u8], pos: &mut usize) -> Option<RawHeader> {
         let available = &input[*pos..];
         if self.partial.is_empty() {
-            if let Some(header) = parse_header(available)? {
+            if let Some(header) = split_header(available) {
                 *pos += header.header_len;
-                return Ok(Some(header));
+                return Some(header);
             }
+            // Less than a whole header: at most 13 bytes are kept.
             self.partial.extend_from_slice(available);
             *pos = input.len();
-            return Ok(None);
+            return None;
         }
         // Complete the header byte by byte from what we kept: it is at most
         // 14 bytes, and this path runs only for headers split across reads.
         let mut used = 0;
         loop {
-            if let Some(header) = parse_header(&self.partial)? {
+            if let Some(header) = split_header(&self.partial) {
                 self.partial.clear();
                 *pos += used;
-                return Ok(Some(header));
+                return Some(header);
             }
             let Some(&byte) = available.get(used) else {
                 *pos += used;
-                return Ok(None);
+                return None;
             };
             self.partial.push(byte);
             used += 1;
@@ -509,20 +568,23 @@ impl Decoder {
         input: &mut [u8],
         pos: &mut usize,
     ) -> Result<Option<Event>, FrameError> {
+        let len = header.payload_len;
+        let skip = State::Skip { remaining: len };
         // RFC 6455 5.1: the server MUST close the connection upon receiving
         // a frame that is not masked.
-        let key = header.mask.ok_or(FrameError::Unmasked)?;
-        let len = header.payload_len;
+        let Some(key) = header.mask else {
+            return Err(self.fail(FrameError::Unmasked, skip));
+        };
         let available = (input.len() - *pos) as u64;
         match header.opcode {
             OpCode::Text | OpCode::Binary => {
                 // RFC 6455 5.4: fragments of one message are not interleaved
                 // with another message's.
                 if self.assembling.is_some() {
-                    return Err(FrameError::ExpectedContinuation);
+                    return Err(self.fail(FrameError::ExpectedContinuation, skip));
                 }
                 if len > self.max_message as u64 {
-                    return Err(FrameError::MessageTooBig);
+                    return Err(self.fail(FrameError::MessageTooBig, skip));
                 }
                 let kind = if header.opcode == OpCode::Text {
                     MessageKind::Text
@@ -537,7 +599,7 @@ impl Decoder {
                     if kind == MessageKind::Text
                         && std::str::from_utf8(&input[range.clone()]).is_err()
                     {
-                        return Err(FrameError::InvalidUtf8);
+                        return Err(self.fail(FrameError::InvalidUtf8, State::Header));
                     }
                     return Ok(Some(Event::Message {
                         kind,
@@ -550,10 +612,10 @@ impl Decoder {
             }
             OpCode::Continuation => {
                 if self.assembling.is_none() {
-                    return Err(FrameError::UnexpectedContinuation);
+                    return Err(self.fail(FrameError::UnexpectedContinuation, skip));
                 }
                 if len > (self.max_message - self.message.len()) as u64 {
-                    return Err(FrameError::MessageTooBig);
+                    return Err(self.fail(FrameError::MessageTooBig, skip));
                 }
             }
             OpCode::Close | OpCode::Ping | OpCode::Pong => {
@@ -575,6 +637,18 @@ impl Decoder {
         Ok(None)
     }
 
+    /// Records a violation: the message in progress is dropped, and the
+    /// decoder goes on in `next`, which skips whatever of the refused frame
+    /// is still to come. The caller closes the connection; the decoder only
+    /// keeps reading well enough to find the peer's close frame.
+    fn fail(&mut self, err: FrameError, next: State) -> FrameError {
+        self.state = next;
+        self.assembling = None;
+        self.message = Vec::new();
+        self.partial = Vec::new();
+        err
+    }
+
     /// Ends the assembled message.
     fn finish_assembled(&mut self) -> Result<Event, FrameError> {
         let kind = self
@@ -584,7 +658,7 @@ impl Decoder {
         // RFC 6455 8.1: the whole message must be valid UTF-8, so it may
         // not end inside a code point.
         if kind == MessageKind::Text && !self.utf8.is_complete() {
-            return Err(FrameError::InvalidUtf8);
+            return Err(self.fail(FrameError::InvalidUtf8, State::Header));
         }
         Ok(Event::Message {
             kind,
@@ -805,6 +879,88 @@ mod tests {
         let mut cut = client_frame(false, 1, b"\xe2\x82");
         cut.extend(client_frame(true, 0, b""));
         assert_eq!(run(&cut, &[100], 100), Err(FrameError::InvalidUtf8));
+    }
+
+    #[test]
+    fn after_a_refused_frame_the_peers_close_is_still_found() {
+        // A frame refused from its header alone, whose payload still
+        // arrives; then the client's close. Split every way, the decoder
+        // reports the error, skips the payload and finds the close.
+        let mut stream = client_frame(true, 2, &[0x61; 300]);
+        let close = client_frame(true, 8, &1000u16.to_be_bytes());
+        stream.extend_from_slice(&close);
+        for cut in 1..stream.len() {
+            let mut d = Decoder::new(100);
+            let (mut a, mut b) = (stream[..cut].to_vec(), stream[cut..].to_vec());
+            let mut pos = 0;
+            let mut seen = Vec::new();
+            for piece in [&mut a, &mut b] {
+                pos = 0;
+                loop {
+                    match d.decode(piece, &mut pos) {
+                        Ok(Some(Event::Close(p))) => seen.push(format!("close {:?}", p)),
+                        Ok(Some(other)) => panic!("{other:?}"),
+                        Ok(None) => break,
+                        Err(e) => seen.push(format!("{e:?}")),
+                    }
+                }
+            }
+            assert_eq!(pos, b.len());
+            assert_eq!(
+                seen,
+                vec!["MessageTooBig".to_string(), "close [3, e8]".into()],
+                "cut {cut}"
+            );
+        }
+        // Invalid UTF-8 found mid-frame: the rest of that frame is skipped.
+        let mut stream = client_frame(true, 1, b"ok\xffmore bytes here");
+        stream.extend_from_slice(&close);
+        let mut d = Decoder::new(100);
+        let (mut a, mut b) = (stream[..4].to_vec(), stream[4..].to_vec());
+        let mut pos = 0;
+        assert!(d.decode(&mut a, &mut pos).unwrap().is_none());
+        pos = 0;
+        assert_eq!(
+            d.decode(&mut b, &mut pos).unwrap_err(),
+            FrameError::InvalidUtf8
+        );
+        assert!(matches!(
+            d.decode(&mut b, &mut pos),
+            Ok(Some(Event::Close(_)))
+        ));
+    }
+
+    #[test]
+    fn a_frame_refused_for_its_header_is_skipped_whole() {
+        let close = client_frame(true, 8, &[]);
+        let mut rsv = client_frame(true, 1, b"payload");
+        rsv[0] |= 0x20;
+        let mut opcode = client_frame(true, 0xB, b"payload");
+        opcode.extend_from_slice(&close);
+        rsv.extend_from_slice(&close);
+        for mut stream in [rsv, opcode] {
+            let mut d = Decoder::new(100);
+            let mut pos = 0;
+            assert!(d.decode(&mut stream, &mut pos).is_err());
+            assert!(matches!(
+                d.decode(&mut stream, &mut pos),
+                Ok(Some(Event::Close(_)))
+            ));
+        }
+    }
+
+    #[test]
+    fn after_an_impossible_length_all_input_is_discarded() {
+        let mut d = Decoder::new(100);
+        let mut bad = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        bad.extend(client_frame(true, 8, &[]));
+        let mut pos = 0;
+        assert_eq!(
+            d.decode(&mut bad, &mut pos).unwrap_err(),
+            FrameError::LengthOverflow
+        );
+        assert!(d.decode(&mut bad, &mut pos).unwrap().is_none());
+        assert_eq!(pos, bad.len());
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub enum HttpError {
     BadRequestLine,
     /// A header line is malformed (no colon, space before it, folded).
     BadHeader,
+    /// No `Host` field in an HTTP/1.1 request, or more than one.
+    BadHost,
+    /// An HTTP major version other than 1.
+    VersionNotSupported,
+    /// An upgrade request that announces a body.
+    UpgradeWithBody,
     /// The head is longer than [`MAX_HEAD_BYTES`] or has more than
     /// [`MAX_HEADERS`] fields.
     HeadTooLarge,
@@ -71,6 +77,7 @@ impl HttpError {
         match self {
             HttpError::HeadTooLarge => 431,
             HttpError::MethodNotAllowed => 405,
+            HttpError::VersionNotSupported => 505,
             HttpError::NotFound => 404,
             HttpError::UnsupportedVersion => 426,
             _ => 400,
@@ -82,6 +89,9 @@ impl HttpError {
         match self {
             HttpError::BadRequestLine => "malformed request line",
             HttpError::BadHeader => "malformed header field",
+            HttpError::BadHost => "exactly one Host header is required",
+            HttpError::VersionNotSupported => "only HTTP/1.x is supported",
+            HttpError::UpgradeWithBody => "an upgrade request must not have a body",
             HttpError::HeadTooLarge => "request header fields too large",
             HttpError::MethodNotAllowed => "only GET is allowed",
             HttpError::NotFound => "not found",
@@ -155,17 +165,24 @@ impl<'a> Request<'a> {
 ///
 /// A malformed request line or header, or a head over [`MAX_HEAD_BYTES`].
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, HttpError> {
-    let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    // RFC 9112 2.2: a server SHOULD ignore empty lines before the request
+    // line.
+    let blank = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let window = &buf[blank..buf.len().min(MAX_HEAD_BYTES)];
     let Some(used) = find_head_end(window) else {
         if buf.len() >= MAX_HEAD_BYTES {
             return Err(HttpError::HeadTooLarge);
         }
         // An unfinished request line can be refused early: it is better to
         // answer a stray protocol at once than to wait for the timeout.
-        check_partial_request_line(buf)?;
+        check_partial_request_line(&buf[blank..])?;
         return Ok(None);
     };
-    let head = &buf[..used];
+    let head = &window[..used];
+    let used = blank + used;
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -192,6 +209,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, HttpErr
         }
         request.headers[request.header_count] = parse_header_line(line)?;
         request.header_count += 1;
+    }
+    // RFC 9112 3.2: an HTTP/1.1 request without a Host field, or with more
+    // than one, MUST be answered 400.
+    let hosts = request
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 || (hosts == 0 && request.minor_version >= 1) {
+        return Err(HttpError::BadHost);
     }
     Ok(Some((request, used)))
 }
@@ -238,9 +264,13 @@ fn parse_request_line(line: &[u8]) -> Result<(&str, &str, u8), HttpError> {
     if method.is_empty() || !method.bytes().all(is_tchar) {
         return Err(HttpError::BadRequestLine);
     }
-    let minor_version = match version {
-        "HTTP/1.1" => 1,
-        "HTTP/1.0" => 0,
+    let minor_version = match version.strip_prefix("HTTP/").map(str::as_bytes) {
+        Some(b"1.0") => 0,
+        // RFC 9110 2.5: a later 1.x minor version is answered as 1.1.
+        Some([b'1', b'.', d]) if d.is_ascii_digit() => 1,
+        Some([major, b'.', d]) if major.is_ascii_digit() && d.is_ascii_digit() => {
+            return Err(HttpError::VersionNotSupported)
+        }
         _ => return Err(HttpError::BadRequestLine),
     };
     let target = origin_form(target).ok_or(HttpError::BadRequestLine)?;
@@ -307,6 +337,12 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<Upgrade, HttpError> {
     }
     if !req.has_token("connection", "upgrade") {
         return Err(HttpError::MissingConnectionUpgrade);
+    }
+    // Bytes after the head are WebSocket frames; a body would be read as
+    // frames, so a request that announces one is refused.
+    let body_length = req.header("content-length").map(|v| v.trim_ascii());
+    if req.header("transfer-encoding").is_some() || body_length.is_some_and(|v| v != b"0") {
+        return Err(HttpError::UpgradeWithBody);
     }
     let mut keys = req
         .headers()
@@ -407,6 +443,7 @@ fn status_text(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
         503 => "Service Unavailable",
         _ => "Error",
     }
@@ -503,6 +540,58 @@ mod tests {
             1,
         );
         assert_eq!(upgrade_of(&raw), Err(HttpError::MissingKey));
+    }
+
+    #[test]
+    fn host_is_required_once() {
+        let no_host = GOOD.replacen("Host: server.example.com\r\n", "", 1);
+        assert_eq!(
+            parse_request(no_host.as_bytes()).unwrap_err(),
+            HttpError::BadHost
+        );
+        let two = GOOD.replacen("Host: server.example.com\r\n", "Host: a\r\nhost: b\r\n", 1);
+        assert_eq!(
+            parse_request(two.as_bytes()).unwrap_err(),
+            HttpError::BadHost
+        );
+        assert!(parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn leading_blank_lines_are_skipped() {
+        let raw = format!("\r\n\r\n{GOOD}");
+        let (req, used) = parse_request(raw.as_bytes()).unwrap().unwrap();
+        assert_eq!((req.path, used), ("/chat", raw.len()));
+    }
+
+    #[test]
+    fn versions() {
+        let v12 = GOOD.replacen("HTTP/1.1", "HTTP/1.2", 1);
+        assert_eq!(
+            parse_request(v12.as_bytes())
+                .unwrap()
+                .unwrap()
+                .0
+                .minor_version,
+            1
+        );
+        let v2 = GOOD.replacen("HTTP/1.1", "HTTP/2.0", 1);
+        assert_eq!(parse_request(v2.as_bytes()).unwrap_err().status(), 505);
+        let junk = GOOD.replacen("HTTP/1.1", "HTTX/1.1", 1);
+        assert_eq!(
+            parse_request(junk.as_bytes()).unwrap_err(),
+            HttpError::BadRequestLine
+        );
+    }
+
+    #[test]
+    fn an_upgrade_with_a_body_is_refused() {
+        for field in ["Content-Length: 10", "Transfer-Encoding: chunked"] {
+            let raw = GOOD.replacen("\r\n\r\n", &format!("\r\n{field}\r\n\r\n"), 1);
+            assert_eq!(upgrade_of(&raw), Err(HttpError::UpgradeWithBody), "{field}");
+        }
+        let zero = GOOD.replacen("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n", 1);
+        assert!(upgrade_of(&zero).is_ok());
     }
 
     #[test]
