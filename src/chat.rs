@@ -191,6 +191,10 @@ impl Chat {
     fn join(&mut self, out: &mut impl Outbox, who: Key, room_id: Option<&RawValue>) {
         let name = match room_id.map(|r| serde_json::from_str::<Cow<'_, str>>(r.get())) {
             None => return self.reply_error(out, who, "roomId is required"),
+            // A JSON string that does not decode: a lone surrogate escape.
+            Some(Err(_)) if room_id.is_some_and(|r| r.get().starts_with('"')) => {
+                return self.reply_error(out, who, "roomId must be valid Unicode");
+            }
             Some(Err(_)) => return self.reply_error(out, who, "roomId must be a string"),
             Some(Ok(name)) => name,
         };
@@ -470,6 +474,9 @@ mod tests {
                 "{msg}: {reply}"
             );
         }
+        chat.on_message(&mut t, a, br#"{"type":"join","roomId":"\ud800"}"#);
+        let reply = take(&mut t, a).remove(0);
+        assert_eq!(reply["message"], "roomId must be valid Unicode");
         send(
             &mut chat,
             &mut t,

@@ -116,6 +116,33 @@ fn oversized_message_is_closed_with_1009_without_waiting_for_payload() {
     assert_eq!(ws.expect_close(STEP), 1009);
 }
 
+/// A client that keeps sending the payload of a frame refused for its size
+/// must still get a clean close: its close reply, after that payload, is
+/// found, and TCP ends with FIN, not a reset.
+#[test]
+fn rest_of_a_refused_frame_is_skipped_and_the_close_reply_found() {
+    let server = start(&["--max-message-size", "1000", "--close-timeout", "10s"]);
+    let mut ws = RawWs::chat(server.addr);
+    let frame = encode_frame(FIN | OP_BINARY, &[b'a'; 3000], true);
+    let (header, payload) = frame.split_at(8);
+    ws.send_raw(header);
+    assert_eq!(ws.expect_close(STEP), 1009);
+    for chunk in payload.chunks(700) {
+        ws.send_raw(chunk);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ws.send_raw(&masked(OP_CLOSE, &close_payload(1009, "")));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let end = read_until_closed(&mut ws.stream, &mut rest, STEP);
+    assert_eq!(end, End::Eof, "the server must close cleanly, not reset");
+    assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed at once, not at the timeout"
+    );
+}
+
 #[test]
 fn message_at_the_limit_is_accepted() {
     let server = start(&["--max-message-size", "1000"]);

@@ -152,6 +152,25 @@ fn bad_handshakes_get_the_right_status() {
             405,
         ),
         ("DELETE", request("DELETE /x HTTP/1.1", &[h]), 405),
+        // RFC 9112 3.2: exactly one Host in an HTTP/1.1 request.
+        ("no Host", get(&[up, conn, key, v13]), 400),
+        ("two Hosts", get(&[h, "Host: y", up, conn, key, v13]), 400),
+        ("plain GET without Host", get(&[]), 400),
+        (
+            "HTTP/2.0",
+            request("GET / HTTP/2.0", &[h, up, conn, key, v13]),
+            505,
+        ),
+        (
+            "upgrade with a body",
+            get(&[h, up, conn, key, v13, "Content-Length: 5"]),
+            400,
+        ),
+        (
+            "chunked upgrade",
+            get(&[h, up, conn, key, v13, "Transfer-Encoding: chunked"]),
+            400,
+        ),
     ];
     for (name, req, want) in &cases {
         let ex = http_exchange(server.addr, req.as_bytes());
