@@ -45,8 +45,9 @@ pub struct Server {
     read_buf: Vec<u8>,
     started: Instant,
     drain_timeout: Duration,
-    /// Connections that used up their reads for this turn.
-    unfinished_reads: Vec<Key>,
+    /// Connections that used up their reads for this turn, and whether the
+    /// poller had seen them hang up.
+    unfinished_reads: Vec<(Key, bool)>,
     /// Set when accept failed for lack of file descriptors: retried on the
     /// next tick, since an edge-triggered listener will not say so again.
     accept_backlog: bool,
@@ -120,8 +121,8 @@ impl Server {
                 Err(e) => return Err(e),
             }
             let now = self.now();
-            for key in std::mem::take(&mut self.unfinished_reads) {
-                self.read_from(key, now);
+            for (key, closing) in std::mem::take(&mut self.unfinished_reads) {
+                self.read_from(key, now, closing);
             }
             for event in events.iter() {
                 match event.token() {
@@ -136,8 +137,9 @@ impl Server {
                         if event.is_writable() {
                             self.engine.on_writable(key);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_from(key, now);
+                        let closed = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || closed {
+                            self.read_from(key, now, closed);
                         }
                     }
                 }
@@ -228,8 +230,9 @@ impl Server {
     }
 
     /// Reads from `key` until it would block, the peer hangs up, or its
-    /// turn's reads are used up.
-    fn read_from(&mut self, key: Key, now: u64) {
+    /// turn's reads are used up. `closing` says the poller saw the peer
+    /// close its side: then reading goes on to the end of the stream.
+    fn read_from(&mut self, key: Key, now: u64, closing: bool) {
         for _ in 0..READS_PER_TURN {
             let Some(peer) = self.engine.peer_mut(key) else {
                 return;
@@ -264,7 +267,9 @@ impl Server {
                     // A short read emptied the socket. Linux's edge-triggered
                     // epoll reports any byte that arrives later as a new
                     // event, so the read that would say WouldBlock is saved.
-                    if n < self.read_buf.len() {
+                    // Not so for a FIN that came in the same event as the
+                    // data: that one is read now or never seen.
+                    if n < self.read_buf.len() && !closing {
                         return;
                     }
                 }
@@ -273,7 +278,7 @@ impl Server {
                 Err(_) => return self.engine.on_hangup(key),
             }
         }
-        self.unfinished_reads.push(key);
+        self.unfinished_reads.push((key, closing));
     }
 
     /// Handles pending signals. Returns true when a shutdown starts now.
@@ -303,7 +308,7 @@ impl Server {
             // Whatever clients sent before the signal is still handled:
             // read every socket once before telling them goodbye.
             for key in self.engine.keys() {
-                self.read_from(key, now);
+                self.read_from(key, now, false);
             }
             self.engine.begin_shutdown(now);
             starts = true;

@@ -221,6 +221,33 @@ fn disconnect_counts_as_leave_and_empty_rooms_disappear() {
     server.wait_health("connectedClients", json!(1), STEP);
 }
 
+/// A client that connects, joins, speaks and hangs up in one burst: the
+/// request, its frames and the FIN often arrive in one readiness event, and
+/// the hang-up must be seen then, not at the next ping timeout. Many rounds,
+/// because the burst only sometimes lands in a single event.
+#[test]
+fn connect_speak_and_hang_up_in_one_burst_is_a_leave() {
+    let server = start(&[]);
+    let mut b = Client::chat(&server);
+    b.join("r");
+    let mut burst = masked(OP_TEXT, br#"{"type":"join","roomId":"r"}"#);
+    burst.extend(masked(OP_TEXT, br#"{"type":"message","text":"bye"}"#));
+    for round in 0..60 {
+        let mut stream = tcp_connect(server.addr);
+        let mut bytes = upgrade_request("/", &new_key()).into_bytes();
+        bytes.extend_from_slice(&burst);
+        std::io::Write::write_all(&mut stream, &bytes).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let joined = b.recv_json(STEP);
+        assert_eq!(joined["type"], "user_joined", "round {round}");
+        let id = joined["clientId"].as_str().unwrap().to_owned();
+        let said = b.recv_json(STEP);
+        assert_eq!(said["text"], "bye", "round {round}");
+        assert_eq!(b.recv_json(STEP), user_left(&id, "r", 1), "round {round}");
+    }
+    server.wait_health("connectedClients", json!(1), STEP);
+}
+
 #[test]
 fn other_json_is_echoed_unchanged() {
     let server = start(&[]);
