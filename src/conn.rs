@@ -105,6 +105,8 @@ pub struct Connection {
     write_shut: bool,
     /// Set while queued on the table's dirty list.
     dirty: bool,
+    /// Set once on the engine's doomed list.
+    doomed: bool,
     /// Set when the socket refused bytes; cleared when it says it is
     /// writable again, so a stalled peer costs no system call per message.
     write_blocked: bool,
@@ -128,6 +130,7 @@ impl Connection {
             route: Route::Chat,
             write_shut: false,
             dirty: false,
+            doomed: false,
             write_blocked: false,
             head: Vec::new(),
             decoder: Decoder::new(0),
@@ -460,8 +463,11 @@ impl<S: Transport> Engine<S> {
     }
 
     fn doom(&mut self, key: Key) {
-        if self.table.peers.get(key).is_some() && !self.doomed.contains(&key) {
-            self.doomed.push(key);
+        if let Some(peer) = self.table.peers.get_mut(key) {
+            if !peer.conn.doomed {
+                peer.conn.doomed = true;
+                self.doomed.push(key);
+            }
         }
     }
 
