@@ -149,26 +149,30 @@ impl Chat {
 
     /// Handles one complete message from `who`.
     pub fn on_message(&mut self, out: &mut impl Outbox, who: Key, payload: &[u8]) {
-        let Ok(raw) = serde_json::from_slice::<&RawValue>(payload) else {
-            return self.reply_error(out, who, "Invalid JSON");
-        };
-        if !raw.get().starts_with('{') {
-            return self.echo(out, who, raw);
+        // An object, as every protocol message is, is parsed once, straight
+        // into the fields the protocol reads; other JSON, and anything that
+        // fails, takes the second look that decides how to answer it.
+        if payload.trim_ascii_start().starts_with(b"{") {
+            if let Ok(fields) = serde_json::from_slice::<Incoming<'_>>(payload) {
+                let kind = fields
+                    .kind
+                    .and_then(|k| serde_json::from_str::<Cow<'_, str>>(k.get()).ok());
+                return match kind.as_deref() {
+                    Some("join") => self.join(out, who, fields.room_id),
+                    Some("message") => self.message(out, who, fields.text),
+                    Some("leave") => self.leave(out, who),
+                    _ => self.echo_payload(out, who, payload),
+                };
+            }
         }
-        let fields: Incoming<'_> = match serde_json::from_str(raw.get()) {
-            Ok(f) => f,
+        match serde_json::from_slice::<&RawValue>(payload) {
+            Err(_) => self.reply_error(out, who, "Invalid JSON"),
             // Valid JSON that serde refuses as an object of these fields:
             // in practice a duplicated key.
-            Err(_) => return self.reply_error(out, who, "Invalid message: duplicate field"),
-        };
-        let kind = fields
-            .kind
-            .and_then(|k| serde_json::from_str::<Cow<'_, str>>(k.get()).ok());
-        match kind.as_deref() {
-            Some("join") => self.join(out, who, fields.room_id),
-            Some("message") => self.message(out, who, fields.text),
-            Some("leave") => self.leave(out, who),
-            _ => self.echo(out, who, raw),
+            Ok(raw) if raw.get().starts_with('{') => {
+                self.reply_error(out, who, "Invalid message: duplicate field")
+            }
+            Ok(raw) => self.echo(out, who, raw),
         }
     }
 
@@ -319,6 +323,14 @@ impl Chat {
         let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
         for &member in &room.members {
             out.send_shared(member, &frame);
+        }
+    }
+
+    /// Echoes a payload already known to be valid JSON.
+    fn echo_payload(&mut self, out: &mut impl Outbox, who: Key, payload: &[u8]) {
+        match serde_json::from_slice::<&RawValue>(payload) {
+            Ok(raw) => self.echo(out, who, raw),
+            Err(_) => self.reply_error(out, who, "Invalid JSON"),
         }
     }
 
@@ -509,6 +521,19 @@ mod tests {
         }
         for raw in ["{", "nope", "\u{0}", "{\"a\":1}x"] {
             chat.on_message(&mut t, a, raw.as_bytes());
+            assert_eq!(
+                take(&mut t, a),
+                vec![json!({"type":"error","message":"Invalid JSON"})]
+            );
+        }
+        // Binary frames are not UTF-8 checked by the framing layer; bytes
+        // that are not UTF-8 never reach a text frame of ours.
+        for raw in [
+            &b"{\"x\":\"\xff\"}"[..],
+            b"{\"type\":\"message\",\"text\":\"\xff\"}",
+            b"\"\xff\"",
+        ] {
+            chat.on_message(&mut t, a, raw);
             assert_eq!(
                 take(&mut t, a),
                 vec![json!({"type":"error","message":"Invalid JSON"})]

@@ -6,8 +6,6 @@ use crate::utf8::Utf8Validator;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum CloseCode {
-    /// 1000: the purpose of the connection has been fulfilled.
-    Normal = 1000,
     /// 1001: the server is going away (shutdown, maximum age).
     GoingAway = 1001,
     /// 1002: the peer broke the framing rules.

@@ -15,9 +15,6 @@ use crate::close::CloseCode;
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
 
-/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask key.
-pub const MAX_HEADER_LEN: usize = 14;
-
 /// RFC 6455 5.5: control frames carry at most 125 bytes of payload.
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -399,11 +396,6 @@ impl Decoder {
             utf8: Utf8Validator::new(),
             max_message,
         }
-    }
-
-    /// Whether the decoder holds no unfinished frame or message.
-    pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Header) && self.partial.is_empty() && self.assembling.is_none()
     }
 
     /// Heap bytes this decoder holds.

@@ -104,17 +104,6 @@ impl HttpError {
             HttpError::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",
         }
     }
-
-    /// A short machine-friendly name, for logs and metrics.
-    pub const fn kind(self) -> &'static str {
-        match self {
-            HttpError::HeadTooLarge => "too_large",
-            HttpError::MethodNotAllowed => "method",
-            HttpError::NotFound => "not_found",
-            HttpError::UnsupportedVersion => "version",
-            _ => "bad_request",
-        }
-    }
 }
 
 impl fmt::Display for HttpError {
@@ -167,11 +156,9 @@ impl<'a> Request<'a> {
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, HttpError> {
     // RFC 9112 2.2: a server SHOULD ignore empty lines before the request
     // line.
-    let blank = buf
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
-    let window = &buf[blank..buf.len().min(MAX_HEAD_BYTES)];
+    let end = buf.len().min(MAX_HEAD_BYTES);
+    let blank = leading_blank_lines(&buf[..end]);
+    let window = &buf[blank..end];
     let Some(used) = find_head_end(window) else {
         if buf.len() >= MAX_HEAD_BYTES {
             return Err(HttpError::HeadTooLarge);
@@ -222,6 +209,36 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, HttpErr
     Ok(Some((request, used)))
 }
 
+/// Like [`parse_request`] for a head that grows across reads: `seen` is how
+/// much of `buf` an earlier call already found unfinished. Only the new
+/// bytes are searched for the end of the head, so a client that sends its
+/// request a byte at a time costs linear, not quadratic, work.
+///
+/// # Errors
+///
+/// As [`parse_request`].
+pub fn parse_request_more(
+    buf: &[u8],
+    seen: usize,
+) -> Result<Option<(Request<'_>, usize)>, HttpError> {
+    // The blank line that ends the head may have begun up to three bytes
+    // before the new ones ("\r\n\r" + "\n").
+    let from = seen.saturating_sub(3).min(buf.len());
+    if buf.len() < MAX_HEAD_BYTES && find_head_end(&buf[from..]).is_none() {
+        let blank = leading_blank_lines(buf);
+        check_partial_request_line(&buf[blank..])?;
+        return Ok(None);
+    }
+    parse_request(buf)
+}
+
+/// How many CR and LF bytes `buf` starts with.
+fn leading_blank_lines(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
+}
+
 /// Where the head ends: just past the blank line.
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     let mut from = 0;
@@ -244,10 +261,15 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The longest method name waited for before an unfinished request line is
+/// refused. The registered methods are all far shorter.
+const MAX_METHOD_LEN: usize = 32;
+
 fn check_partial_request_line(buf: &[u8]) -> Result<(), HttpError> {
+    let buf = &buf[..buf.len().min(MAX_METHOD_LEN + 1)];
     let method_end = buf.iter().position(|&b| !is_tchar(b)).unwrap_or(buf.len());
     match buf.get(method_end) {
-        None if method_end <= 32 => Ok(()),
+        None if method_end <= MAX_METHOD_LEN => Ok(()),
         Some(b' ') if method_end > 0 => Ok(()),
         _ => Err(HttpError::BadRequestLine),
     }
@@ -444,7 +466,6 @@ fn status_text(status: u16) -> &'static str {
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         505 => "HTTP Version Not Supported",
-        503 => "Service Unavailable",
         _ => "Error",
     }
 }
@@ -555,6 +576,37 @@ mod tests {
             HttpError::BadHost
         );
         assert!(parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_flood_of_blank_lines_is_431_not_a_panic() {
+        let raw = vec![b'\n'; MAX_HEAD_BYTES + 800];
+        assert_eq!(parse_request(&raw).unwrap_err(), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_request_more(&raw, 5).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
+    }
+
+    #[test]
+    fn resumed_parsing_agrees_with_parsing_whole() {
+        let raw = GOOD.as_bytes();
+        for step in [1, 2, 3, 7] {
+            let mut seen = 0;
+            let mut end = 0;
+            let result = loop {
+                end = (end + step).min(raw.len());
+                match parse_request_more(&raw[..end], seen).unwrap() {
+                    Some((req, used)) => break (req.path.to_owned(), used),
+                    None => seen = end,
+                }
+            };
+            assert_eq!(result, ("/chat".to_owned(), raw.len()), "step {step}");
+        }
+        assert_eq!(
+            parse_request_more(b"\x16\x03", 1).unwrap_err(),
+            HttpError::BadRequestLine
+        );
     }
 
     #[test]

@@ -9,6 +9,11 @@ use roomcast::server::Server;
 fn main() {
     let config = Config::parse();
     log::set_level(config.log_level);
+    // A panic is a bug; it is logged like everything else, as one JSON
+    // line, whether or not the loop survives it.
+    std::panic::set_hook(Box::new(|info| {
+        log::error("panic", &[("detail", info.to_string().into())]);
+    }));
     let server = match Server::bind(&config) {
         Ok(server) => server,
         Err(e) => {

@@ -29,6 +29,13 @@ impl Segment {
 /// two writes.
 const KEEP_SEGMENTS: usize = 8;
 
+/// An owned segment stops taking appended replies at this size, and a
+/// segment already partly written takes none: either would keep bytes that
+/// were written alive until the whole segment is, and a peer that reads at
+/// just the pace we write would then pin memory without bound. It also
+/// bounds what a slow consumer's close must wait behind.
+const OWNED_SEGMENT_CAP: usize = 64 * 1024;
+
 /// The most buffers one `writev` is given.
 const MAX_IOVECS: usize = 64;
 
@@ -146,7 +153,12 @@ impl OutQueue {
     }
 
     fn owned_tail(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.segments.back(), Some(Segment::Owned(_))) {
+        let front_in_flight = self.segments.len() == 1 && self.front_written > 0;
+        let reusable = match self.segments.back() {
+            Some(Segment::Owned(v)) => v.len() < OWNED_SEGMENT_CAP && !front_in_flight,
+            _ => false,
+        };
+        if !reusable {
             self.segments.push_back(Segment::Owned(Vec::new()));
         }
         match self.segments.back_mut() {
@@ -222,6 +234,52 @@ mod tests {
         w.budget = 100;
         assert!(q.flush_to(&mut w).unwrap());
         assert_eq!(w.got, b"abcdefCLOSE");
+    }
+
+    #[test]
+    fn written_bytes_are_freed_while_the_peer_keeps_pace() {
+        // Each round the writer takes a little less than was queued, so the
+        // queue never empties; memory must still follow what is unsent.
+        let mut q = OutQueue::new();
+        let mut w = Trickle {
+            got: Vec::new(),
+            limit: usize::MAX,
+            budget: 0,
+        };
+        let reply = [7u8; 100];
+        for _ in 0..10_000 {
+            q.push_bytes(&reply);
+            w.budget = 99;
+            assert!(!q.flush_to(&mut w).unwrap());
+        }
+        assert_eq!(w.got.len(), 990_000);
+        let held: usize = q.segments.iter().map(|s| s.bytes().len()).sum();
+        assert!(
+            held < q.len() + OWNED_SEGMENT_CAP + 100,
+            "held {held}, unsent {}",
+            q.len()
+        );
+    }
+
+    #[test]
+    fn a_slow_consumers_backlog_of_replies_is_dropped() {
+        let mut q = OutQueue::new();
+        let mut w = Trickle {
+            got: Vec::new(),
+            limit: usize::MAX,
+            budget: 10,
+        };
+        for _ in 0..10_000 {
+            q.push_bytes(&[1u8; 78]);
+        }
+        assert!(!q.flush_to(&mut w).unwrap());
+        let dropped = q.discard_unsent();
+        let kept = q.len();
+        assert!(
+            kept <= OWNED_SEGMENT_CAP + 78,
+            "kept {kept} of {}",
+            kept + dropped
+        );
     }
 
     #[test]

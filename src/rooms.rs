@@ -65,6 +65,7 @@ impl Rooms {
     }
 
     /// The room named `name`, if it exists.
+    #[cfg(test)]
     pub fn find(&self, name: &str) -> Option<Key> {
         self.by_name.get(name).copied()
     }

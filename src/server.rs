@@ -107,7 +107,9 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let tick = TICK.as_millis() as u64;
         let mut next_tick = self.now() + tick;
-        let mut drain_deadline = None;
+        let drain_millis = u64::try_from(self.drain_timeout.as_millis()).unwrap_or(u64::MAX);
+        // When the drain started and when it must end.
+        let mut drain: Option<(u64, u64)> = None;
         loop {
             let now = self.now();
             let timeout = if self.unfinished_reads.is_empty() {
@@ -128,8 +130,8 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept_all(now),
                     SIGNALS => {
-                        if self.on_signals(now) && drain_deadline.is_none() {
-                            drain_deadline = Some(now + self.drain_timeout.as_millis() as u64);
+                        if self.on_signals(now) && drain.is_none() {
+                            drain = Some((now, now.saturating_add(drain_millis)));
                         }
                     }
                     token => {
@@ -152,18 +154,13 @@ impl Server {
                 }
             }
             self.settle(now);
-            if let Some(deadline) = drain_deadline {
+            if let Some((started, deadline)) = drain {
                 if self.engine.is_empty() || now >= deadline {
                     log::info(
                         "shutdown complete",
                         &[
                             ("unfinishedConnections", self.engine.len().into()),
-                            (
-                                "drainMillis",
-                                (now + self.drain_timeout.as_millis() as u64)
-                                    .saturating_sub(deadline)
-                                    .into(),
-                            ),
+                            ("drainMillis", (now - started).into()),
                         ],
                     );
                     return Ok(());
@@ -217,7 +214,10 @@ impl Server {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A client that gave up before we accepted it: try the next.
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     // Typically EMFILE: out of file descriptors. The pending
                     // connections wait in the backlog until the next tick.
@@ -234,6 +234,10 @@ impl Server {
     /// close its side: then reading goes on to the end of the stream.
     fn read_from(&mut self, key: Key, now: u64, closing: bool) {
         for _ in 0..READS_PER_TURN {
+            if self.engine.is_over_queue_bound(key) {
+                // Read on once the flush has written, or closed, it.
+                break;
+            }
             let Some(peer) = self.engine.peer_mut(key) else {
                 return;
             };
