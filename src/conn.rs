@@ -588,10 +588,7 @@ impl<S: Transport> Engine<S> {
                     Event::Message {
                         payload: Payload::Assembled,
                         ..
-                    } => {
-                        let buf = conn.decoder.take_message();
-                        conn.decoder.recycle(buf);
-                    }
+                    } => drop(conn.decoder.take_message()),
                     _ => {}
                 }
                 continue;
@@ -617,9 +614,6 @@ impl<S: Transport> Engine<S> {
                             self.table.mark_dirty(key);
                         }
                         Route::Chat => self.chat.on_message(&mut self.table, key, data),
-                    }
-                    if let (Some(buf), Some(peer)) = (assembled, self.table.peers.get_mut(key)) {
-                        peer.conn.decoder.recycle(buf);
                     }
                 }
                 Event::Ping(payload) => {

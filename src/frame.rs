@@ -381,10 +381,6 @@ pub struct Decoder {
     max_message: usize,
 }
 
-/// An assembly buffer larger than this is freed after its message instead of
-/// kept, so one large message does not pin memory on an idle connection.
-const KEEP_ASSEMBLY_CAPACITY: usize = 4096;
-
 impl Decoder {
     /// A decoder that accepts data messages of up to `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
@@ -404,18 +400,10 @@ impl Decoder {
     }
 
     /// Takes the payload of the message just reported as
-    /// [`Payload::Assembled`]. Hand the buffer back with
-    /// [`Decoder::recycle`] to keep its allocation.
+    /// [`Payload::Assembled`]. The decoder keeps no buffer after it: an
+    /// idle connection holds none.
     pub fn take_message(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.message)
-    }
-
-    /// Returns a buffer from [`Decoder::take_message`] for reuse.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() <= KEEP_ASSEMBLY_CAPACITY && self.message.capacity() == 0 {
-            buf.clear();
-            self.message = buf;
-        }
     }
 
     /// Decodes from `input[*pos..]`, advancing `*pos` past what it used.
@@ -713,12 +701,7 @@ mod tests {
                     Event::Message { kind, payload } => {
                         let bytes = match payload {
                             Payload::Input(r) => piece[r].to_vec(),
-                            Payload::Assembled => {
-                                let m = d.take_message();
-                                let v = m.clone();
-                                d.recycle(m);
-                                v
-                            }
+                            Payload::Assembled => d.take_message(),
                         };
                         (format!("{kind:?}"), bytes)
                     }
