@@ -31,6 +31,15 @@ impl Key {
     pub const fn index(self) -> usize {
         self.index as usize
     }
+
+    /// The key of slot `index` in `generation`. Slot indices fit in `u32`:
+    /// [`Slab::insert`] refuses to grow past it.
+    const fn at(index: usize, generation: u32) -> Key {
+        Key {
+            index: index as u32,
+            generation,
+        }
+    }
 }
 
 enum Entry<T> {
@@ -157,13 +166,7 @@ impl<T> Slab<T> {
             .iter()
             .enumerate()
             .filter_map(|(i, e)| match e {
-                Entry::Occupied { generation, value } => Some((
-                    Key {
-                        index: i as u32,
-                        generation: *generation,
-                    },
-                    value,
-                )),
+                Entry::Occupied { generation, value } => Some((Key::at(i, *generation), value)),
                 Entry::Vacant { .. } => None,
             })
     }
@@ -174,13 +177,7 @@ impl<T> Slab<T> {
             .iter_mut()
             .enumerate()
             .filter_map(|(i, e)| match e {
-                Entry::Occupied { generation, value } => Some((
-                    Key {
-                        index: i as u32,
-                        generation: *generation,
-                    },
-                    value,
-                )),
+                Entry::Occupied { generation, value } => Some((Key::at(i, *generation), value)),
                 Entry::Vacant { .. } => None,
             })
     }
