@@ -414,8 +414,9 @@ impl Decoder {
     ///
     /// # Errors
     ///
-    /// The first violation ends decoding; the connection must then be
-    /// closed with the error's close code.
+    /// A violation; the connection must then be closed with the error's
+    /// close code. Calls after it skip the refused frame and go on finding
+    /// frames (the peer's close, above all) where the stream still allows.
     pub fn decode(
         &mut self,
         input: &mut [u8],
