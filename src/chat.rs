@@ -212,19 +212,16 @@ impl Chat {
             return;
         };
         let client_id = member.client_id;
-        if let Some(current) = member.membership {
-            if self
-                .rooms
-                .get(current.room)
-                .is_some_and(|r| *r.name == *name)
-            {
-                let count = self.rooms.get(current.room).map_or(0, |r| r.members.len());
-                let msg = Outgoing::Joined {
-                    room_id: &name,
-                    user_count: count,
-                };
-                return out.send(who, encode(&mut self.scratch, &msg));
-            }
+        let current = member.membership.and_then(|m| self.rooms.get(m.room));
+        if let Some(room) = current.filter(|r| *r.name == *name) {
+            let user_count = room.members.len();
+            let msg = Outgoing::Joined {
+                room_id: &name,
+                user_count,
+            };
+            return out.send(who, encode(&mut self.scratch, &msg));
+        }
+        if current.is_some() {
             self.leave_room(out, who);
         }
         let at = self.rooms.join(&name, who);
