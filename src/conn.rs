@@ -363,9 +363,10 @@ impl<S: Transport> Engine<S> {
         }
     }
 
-    /// Connections to remove, handed to the shell once.
-    pub fn take_doomed(&mut self) -> Vec<Key> {
-        std::mem::take(&mut self.doomed)
+    /// Up to `max` connections to remove, each handed to the shell once.
+    pub fn take_doomed(&mut self, max: usize) -> Vec<Key> {
+        let n = self.doomed.len().min(max);
+        self.doomed.drain(..n).collect()
     }
 
     /// Whether there is work for [`Engine::flush`] or the doomed list.
@@ -929,7 +930,7 @@ mod tests {
         );
         assert_eq!(engine.peer(key).unwrap().conn.phase(), Phase::Finished);
         assert_eq!(
-            engine.take_doomed(),
+            engine.take_doomed(usize::MAX),
             vec![key],
             "TCP closes once the close is written"
         );
@@ -949,9 +950,9 @@ mod tests {
         assert_eq!(&sent[0].1[..2], &1002u16.to_be_bytes());
         assert_eq!(engine.peer(key).unwrap().conn.phase(), Phase::Closing);
         engine.tick(4_000);
-        assert!(engine.take_doomed().is_empty());
+        assert!(engine.take_doomed(usize::MAX).is_empty());
         engine.tick(5_001);
-        assert_eq!(engine.take_doomed(), vec![key]);
+        assert_eq!(engine.take_doomed(usize::MAX), vec![key]);
     }
 
     #[test]
@@ -1002,18 +1003,18 @@ mod tests {
         let idle = engine.accept(Wire::default(), 0);
         let open = connect(&mut engine, "/", usize::MAX);
         engine.tick(9_999);
-        assert!(engine.take_doomed().is_empty());
+        assert!(engine.take_doomed(usize::MAX).is_empty());
         engine.tick(10_000);
-        assert_eq!(engine.take_doomed(), vec![idle]);
+        assert_eq!(engine.take_doomed(usize::MAX), vec![idle]);
         engine.remove(idle);
         frames(&mut engine, open);
         engine.tick(30_000);
         engine.flush(30_000);
         assert_eq!(frames(&mut engine, open), vec![(OpCode::Ping, Vec::new())]);
         engine.tick(59_999);
-        assert!(engine.take_doomed().is_empty());
+        assert!(engine.take_doomed(usize::MAX).is_empty());
         engine.tick(60_000);
-        assert_eq!(engine.take_doomed(), vec![open]);
+        assert_eq!(engine.take_doomed(usize::MAX), vec![open]);
     }
 
     #[test]
@@ -1065,6 +1066,6 @@ mod tests {
         let got = frames(&mut engine, echo);
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].1[..2], &1001u16.to_be_bytes());
-        assert_eq!(engine.take_doomed(), vec![pending]);
+        assert_eq!(engine.take_doomed(usize::MAX), vec![pending]);
     }
 }

@@ -32,6 +32,11 @@ const READ_BUFFER: usize = 64 * 1024;
 /// loop iteration, so one fast sender cannot starve the rest.
 const READS_PER_TURN: usize = 16;
 
+/// Connections closed per loop turn. Closing a socket costs the kernel some
+/// microseconds; thousands expiring at once (an attack's half-open
+/// handshakes, say) are closed in batches with other work between them.
+const REMOVALS_PER_TURN: usize = 256;
+
 /// How often the timers run. Deadlines are met to within this.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -112,7 +117,7 @@ impl Server {
         let mut drain: Option<(u64, u64)> = None;
         loop {
             let now = self.now();
-            let timeout = if self.unfinished_reads.is_empty() {
+            let timeout = if self.unfinished_reads.is_empty() && !self.engine.has_pending_work() {
                 Duration::from_millis(next_tick.saturating_sub(now))
             } else {
                 Duration::ZERO
@@ -170,20 +175,26 @@ impl Server {
     }
 
     /// Writes what the engine queued and removes the connections it is done
-    /// with, until neither leaves more work (a removal can queue notices).
+    /// with, until neither leaves more work (a removal can queue notices),
+    /// or a full batch of removals leaves the rest for the next turn.
     fn settle(&mut self, now: u64) {
         loop {
             self.engine.flush(now);
-            let doomed = self.engine.take_doomed();
-            if doomed.is_empty() && !self.engine.has_pending_work() {
+            let doomed = self.engine.take_doomed(REMOVALS_PER_TURN);
+            if doomed.is_empty() {
                 return;
             }
+            let batch_full = doomed.len() == REMOVALS_PER_TURN;
             for key in doomed {
                 if let Some(mut socket) = self.engine.remove(key) {
                     // Closing the socket would remove it from epoll too;
                     // deregistering first is mio's documented contract.
                     let _ = self.poll.registry().deregister(&mut socket);
                 }
+            }
+            if batch_full {
+                self.engine.flush(now);
+                return;
             }
         }
     }
