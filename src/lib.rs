@@ -9,15 +9,21 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod chat;
 pub mod clock;
 pub mod close;
 pub mod config;
 pub mod conn;
 pub mod frame;
+pub mod gate;
 pub mod http;
+pub mod ledger;
+pub mod limits;
 pub mod log;
 pub mod mask;
+pub mod metrics;
+pub mod origin;
 pub mod outq;
 pub mod rooms;
 pub mod server;

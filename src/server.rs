@@ -78,7 +78,7 @@ impl Server {
             poll,
             listener: Some(listener),
             signals,
-            engine: Engine::new(config.limits(), &config.instance_id),
+            engine: Engine::new(config.limits(), &config.instance_id).with_policy(config.policy()),
             read_buf: vec![0; READ_BUFFER],
             started: Instant::now(),
             drain_timeout: config.drain_timeout,
@@ -127,6 +127,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let busy_since = Instant::now();
             let now = self.now();
             for (key, closing) in std::mem::take(&mut self.unfinished_reads) {
                 self.read_from(key, now, closing);
@@ -159,6 +160,11 @@ impl Server {
                 }
             }
             self.settle(now);
+            let busy = busy_since.elapsed().as_micros();
+            self.engine
+                .metrics_mut()
+                .loop_time
+                .observe(u64::try_from(busy).unwrap_or(u64::MAX));
             if let Some((started, deadline)) = drain {
                 if self.engine.is_empty() || now >= deadline {
                     log::info(
@@ -206,10 +212,10 @@ impl Server {
         };
         loop {
             match listener.accept() {
-                Ok((socket, _addr)) => {
+                Ok((socket, addr)) => {
                     // Chat frames are small and latency-sensitive.
                     let _ = socket.set_nodelay(true);
-                    let key = self.engine.accept(socket, now);
+                    let key = self.engine.accept_from(socket, addr.ip(), now);
                     let peer = self.engine.peer_mut(key).expect("just accepted");
                     let registered = self.poll.registry().register(
                         &mut peer.socket,

@@ -37,7 +37,23 @@ const SERVER_ENV: &[&str] = &[
     "CLOSE_TIMEOUT",
     "DRAIN_TIMEOUT",
     "LOG_LEVEL",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_IP",
+    "TRUST_PROXY",
+    "MAX_ROOMS",
+    "MAX_ROOM_MEMBERS",
+    "RATE_LIMIT",
+    "RATE_BURST",
+    "RATE_LIMIT_CLOSE_AFTER",
+    "AUTH_SECRET",
+    "ALLOWED_ORIGINS",
+    "REQUIRE_ORIGIN",
 ];
+
+/// Settings every test server starts with, before the test's own: tests
+/// send as fast as they can, so the message rate limit is lifted (the
+/// tests of the limit set it with flags, which take precedence).
+const TEST_ENV: &[(&str, &str)] = &[("RATE_LIMIT", "1000000"), ("RATE_BURST", "1000000")];
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 
@@ -100,6 +116,7 @@ impl ServerBuilder {
         for var in SERVER_ENV {
             cmd.env_remove(var);
         }
+        cmd.envs(TEST_ENV.iter().copied());
         if self.listen_flags {
             cmd.args(["--host", "127.0.0.1", "--port", "0"]);
         }
