@@ -1319,6 +1319,24 @@ mod tests {
     }
 
     #[test]
+    fn not_ready_near_the_connection_limit_nor_while_draining() {
+        let mut policy = Policy::permissive();
+        policy.admission.max_connections = 10;
+        let mut engine = Engine::new(limits(), "t").with_policy(policy);
+        let keys: Vec<Key> = (0..8)
+            .map(|_| engine.accept(Wire::default(), 0))
+            .collect();
+        assert!(engine.is_ready());
+        let ninth = engine.accept(Wire::default(), 0);
+        assert!(!engine.is_ready(), "9 of 10 is past 90%");
+        engine.remove(ninth);
+        assert!(engine.is_ready());
+        engine.begin_shutdown(1);
+        assert!(!engine.is_ready());
+        drop(keys);
+    }
+
+    #[test]
     fn shutdown_tells_chat_clients_then_closes_1001() {
         let mut engine = Engine::new(limits(), "t");
         let chat = connect(&mut engine, "/", usize::MAX);
