@@ -1,0 +1,602 @@
+#!/usr/bin/env python3
+"""Soak test: thousands of concurrent clients of mixed behaviour against one roomcast.
+
+    target/venv/bin/python scripts/soak.py --binary target/release/roomcast
+    target/venv/bin/python scripts/soak.py --binary ... --duration 15   # the CI form
+
+Starts the binary on a free loopback port and runs, at once, for --duration seconds:
+
+  chatters    in --rooms rooms, each sending a numbered message every few seconds
+  idle        connected and silent
+  stalled     join a busy room and ask for large echoes, but never read
+  slowloris   send a request head a few bytes at a time and never finish it
+  garbage     TLS bytes instead of HTTP, or an unmasked frame after a good upgrade
+  flooders    send chat messages far over the rate limit
+  churn       connect, join, leave and disconnect, over and over
+
+The clients use the `websockets` package (an independent implementation) for the
+WebSocket side and plain sockets for the misbehaving ones. The run fails unless:
+
+  * every chatter received every message of every other chatter in its room, in order;
+  * the server's peak RSS stayed under --rss-bound-mib;
+  * once every client has gone, the server holds as many file descriptors as before the
+    run and its gauges (connections, rooms, members, queued bytes) are back to zero;
+  * /metrics agrees with what the clients counted: upgrades, closes by code, handshake
+    failures by reason, slow consumers, rate-limit refusals, broadcast fan-out.
+
+Everything is bounded: a client count, a duration, and a deadline on every wait.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import websockets
+
+SERVER_FLAGS = [
+    "--max-connections", "8000",
+    "--max-connections-per-ip", "8000",
+    "--handshake-timeout", "3s",
+    "--close-timeout", "2s",
+    "--max-queued-bytes", "262144",
+    "--rate-limit-close-after", "3s",
+    "--log-level", "info",
+]
+
+CHAT_INTERVAL = 5.0  # seconds between a chatter's messages
+STALLED_ECHO_BYTES = 128 * 1024
+
+
+def log(*args):
+    print("soak:", *args, flush=True)
+
+
+# ------------------------------------------------------------------ server process
+
+class Server:
+    def __init__(self, binary):
+        self.out = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [binary, "--host", "127.0.0.1", "--port", "0", *SERVER_FLAGS],
+            stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            self.out.seek(0)
+            for line in self.out.read().decode(errors="replace").splitlines():
+                try:
+                    v = json.loads(line)
+                except ValueError:
+                    continue
+                if v.get("message") == "listening":
+                    host, port = v["address"].rsplit(":", 1)
+                    self.addr = (host, int(port))
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("server did not start")
+            time.sleep(0.05)
+
+    def status(self, field):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_lines(self):
+        self.out.seek(0)
+        return self.out.read().decode(errors="replace").splitlines()
+
+
+async def scrape(addr):
+    reader, writer = await asyncio.open_connection(*addr)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: soak\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise AssertionError(f"/metrics answered {head[:40]!r}")
+    metrics = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            metrics[name] = float(value)
+    return metrics
+
+
+# ------------------------------------------------------------------ raw WebSocket bits
+
+def masked_frame(opcode, payload):
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + body
+
+
+def upgrade_request():
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    return (
+        "GET / HTTP/1.1\r\nHost: soak\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+async def raw_socket(addr, rcvbuf=None):
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, addr)
+    return sock
+
+
+async def recv_until(sock, pred, timeout):
+    """Reads until pred(data) or EOF; returns (data, eof)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    deadline = loop.time() + timeout
+    while not pred(data):
+        left = deadline - loop.time()
+        if left <= 0:
+            return data, False
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), left)
+        except asyncio.TimeoutError:  # before OSError: TimeoutError is one
+            return data, False
+        except (ConnectionError, OSError):
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+# ------------------------------------------------------------------ behaviours
+
+class Counts:
+    def __init__(self):
+        self.upgrades = 0
+        self.close_1000 = 0
+        self.slowloris = 0
+        self.garbage_http = 0
+        self.garbage_ws = 0
+        self.flood_closed = 0
+        self.flood_delivered = 0
+        self.flood_refused = 0
+        self.stalled_cut = 0
+        self.chat_sent = 0
+        self.churn_cycles = 0
+        self.failures = []
+
+
+def ws_connect(addr):
+    return websockets.connect(
+        f"ws://{addr[0]}:{addr[1]}/", compression=None, ping_interval=None,
+        open_timeout=30, close_timeout=10, max_size=1 << 20,
+    )
+
+
+async def chatter(addr, c, idx, room, roommates, ready, go, stop, received, sent):
+    async with ws_connect(addr) as ws:
+        c.upgrades += 1
+        json.loads(await ws.recv())  # connected
+        await ws.send(json.dumps({"type": "join", "roomId": room}))
+        ready.release()
+
+        async def reader():
+            async for raw in ws:
+                m = json.loads(raw)
+                if m.get("type") != "message":
+                    continue
+                text = m["text"]
+                if not text.startswith("c"):
+                    continue
+                sender, seq = text[1:].split(":")
+                received.setdefault(int(sender), []).append(int(seq))
+
+        task = asyncio.create_task(reader())
+        await go.wait()
+        await asyncio.sleep(random.uniform(0, CHAT_INTERVAL))
+        seq = 0
+        while not stop.is_set():
+            await ws.send(json.dumps({"type": "message", "text": f"c{idx}:{seq}"}))
+            seq += 1
+            c.chat_sent += 1
+            try:
+                await asyncio.wait_for(stop.wait(), CHAT_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+        sent[idx] = seq
+        # Stay until every roommate's last message has arrived (or a deadline passes,
+        # and the check counts what is missing).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(j in sent and len(received.get(j, ())) >= sent[j] for j in roommates):
+                break
+            await asyncio.sleep(0.2)
+        await ws.close()
+        await task
+        c.close_1000 += 1
+
+
+async def idle(addr, c, stop):
+    async with ws_connect(addr) as ws:
+        c.upgrades += 1
+        await ws.recv()
+        await stop.wait()
+        await ws.close()
+        c.close_1000 += 1
+
+
+async def churn(addr, c, rooms, stop):
+    while not stop.is_set():
+        async with ws_connect(addr) as ws:
+            c.upgrades += 1
+            await ws.recv()
+            await ws.send(json.dumps({"type": "join", "roomId": f"churn-{random.randrange(rooms)}"}))
+            await ws.send(json.dumps({"type": "leave"}))
+            await ws.close()
+        c.close_1000 += 1
+        c.churn_cycles += 1
+        await asyncio.sleep(random.uniform(0.1, 1.0))
+
+
+async def stalled(addr, c, room, stop):
+    """Joins a chatters' room and asks for large echoes it never reads."""
+    loop = asyncio.get_running_loop()
+    sock = await raw_socket(addr, rcvbuf=4096)
+    try:
+        await loop.sock_sendall(sock, upgrade_request())
+        c.upgrades += 1
+        await loop.sock_sendall(sock, masked_frame(1, json.dumps({"type": "join", "roomId": room}).encode()))
+        request = masked_frame(1, json.dumps(["x" * STALLED_ECHO_BYTES]).encode())
+        while not stop.is_set():
+            await asyncio.wait_for(loop.sock_sendall(sock, request), 30)
+            await asyncio.sleep(0.1)
+    except asyncio.TimeoutError:  # before OSError: TimeoutError is one
+        c.failures.append("a stalled reader was never cut off")
+    except (ConnectionError, OSError):
+        c.stalled_cut += 1
+    finally:
+        sock.close()
+
+
+async def slowloris(addr, c, stop):
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        sock = await raw_socket(addr)
+        try:
+            await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: soak\r\n")
+            ended = False
+            for i in range(40):
+                _, eof = await recv_until(sock, lambda d: False, 0.5)
+                if eof:
+                    ended = True
+                    break
+                await loop.sock_sendall(sock, f"X-{i}: y\r\n".encode())
+        except (ConnectionError, OSError):
+            ended = True
+        finally:
+            sock.close()
+        if not ended:
+            c.failures.append("a slowloris head was never timed out")
+            return
+        c.slowloris += 1
+
+
+async def garbage(addr, c, stop):
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        sock = await raw_socket(addr)
+        try:
+            if random.random() < 0.5:
+                await loop.sock_sendall(sock, b"\x16\x03\x01" + os.urandom(300))
+                data, _ = await recv_until(sock, lambda d: b"\r\n\r\n" in d, 10)
+                if not data.startswith(b"HTTP/1.1 400"):
+                    c.failures.append(f"garbage got {data[:30]!r}")
+                    return
+                c.garbage_http += 1
+            else:
+                await loop.sock_sendall(sock, upgrade_request())
+                data, _ = await recv_until(sock, lambda d: b"\r\n\r\n" in d, 10)
+                if not data.startswith(b"HTTP/1.1 101"):
+                    c.failures.append(f"upgrade got {data[:30]!r}")
+                    return
+                c.upgrades += 1
+                rest = data.split(b"\r\n\r\n", 1)[1]
+                await loop.sock_sendall(sock, b"\x81\x05hello")  # unmasked: 1002
+                # The greeting (short JSON, no 0x88 byte in it), then the close frame.
+
+                def has_close(d):
+                    i = (rest + d).find(b"\x88")
+                    return i >= 0 and len(rest + d) >= i + 4
+
+                data, _ = await recv_until(sock, has_close, 10)
+                frames = rest + data
+                i = frames.find(b"\x88")
+                code = struct.unpack("!H", frames[i + 2:i + 4])[0] if has_close(data) else None
+                if code != 1002:
+                    c.failures.append(f"unmasked frame closed with {code}")
+                    return
+                c.garbage_ws += 1
+        except (ConnectionError, OSError) as e:
+            c.failures.append(f"garbage client: {e!r}")
+            return
+        finally:
+            sock.close()
+        await asyncio.sleep(random.uniform(0.05, 0.3))
+
+
+async def flooder(addr, c, idx, stop):
+    while not stop.is_set():
+        async with ws_connect(addr) as ws:
+            c.upgrades += 1
+            await ws.recv()
+            await ws.send(json.dumps({"type": "join", "roomId": f"flood-{idx}"}))
+
+            async def send():
+                try:
+                    while True:
+                        await ws.send('{"type":"message","text":"f"}')
+                        await asyncio.sleep(0.02)
+                except websockets.ConnectionClosed:
+                    pass
+
+            task = asyncio.create_task(send())
+            delivered = refused = 0
+            try:
+                async for raw in ws:
+                    m = json.loads(raw)
+                    if m["type"] == "message":
+                        delivered += 1
+                    elif m["type"] == "error":
+                        refused += 1
+            except websockets.ConnectionClosed:
+                pass
+            await task
+            code = ws.close_code
+        if code != 1008:
+            c.failures.append(f"flooder closed with {code}")
+            return
+        c.flood_closed += 1
+        c.flood_delivered += delivered
+        c.flood_refused += refused
+        await asyncio.sleep(random.uniform(0.5, 1.5))
+
+
+# ------------------------------------------------------------------ the run
+
+async def run(args, server):
+    addr = server.addr
+    c = Counts()
+    n = args.connections
+    mix = {
+        "chatters": n // 5,
+        "stalled": max(1, n // 100),
+        "slowloris": max(1, n // 50),
+        "garbage": max(1, n // 100),
+        "flooders": max(1, n // 100),
+        "churn": max(1, n // 25),
+    }
+    mix["idle"] = n - sum(mix.values())
+    log("mix", mix)
+    rooms = [f"room-{i}" for i in range(args.rooms)]
+    stop = asyncio.Event()
+    go = asyncio.Event()
+    ready = asyncio.Semaphore(0)
+    received = [dict() for _ in range(mix["chatters"])]
+    sent = {}
+    started = 0
+
+    async def gated(coro_fn, *a):
+        # Ramp up at about 1,000 connections a second, within the listen backlog.
+        nonlocal started
+        started += 1
+        if started % 50 == 0:
+            await asyncio.sleep(0)
+        try:
+            await coro_fn(*a)
+        except Exception as e:  # every failure is reported, none is silent
+            c.failures.append(f"{coro_fn.__name__}: {e!r}")
+
+    async def spawn(coro_fn, *a):
+        tasks.append(asyncio.create_task(gated(coro_fn, *a)))
+        if len(tasks) % 50 == 0:
+            await asyncio.sleep(0.05)
+
+    baseline_fds = server.fds()
+    baseline_rss = server.status("VmRSS")
+    log(f"server before: {baseline_fds} fds, RSS {baseline_rss / 2**20:.1f} MiB")
+
+    t0 = time.monotonic()
+    tasks = []
+    for i in range(mix["chatters"]):
+        mates = range(i % args.rooms, mix["chatters"], args.rooms)
+        await spawn(chatter, addr, c, i, rooms[i % args.rooms], mates, ready, go, stop,
+                    received[i], sent)
+    for _ in range(mix["idle"]):
+        await spawn(idle, addr, c, stop)
+    for _ in range(mix["chatters"]):
+        await asyncio.wait_for(ready.acquire(), 120)
+    log(f"{mix['chatters']} chatters and {mix['idle']} idle ramping, "
+        f"chatters joined after {time.monotonic() - t0:.1f}s")
+    go.set()
+    for i in range(mix["stalled"]):
+        await spawn(stalled, addr, c, rooms[i % args.rooms], stop)
+    for _ in range(mix["slowloris"]):
+        await spawn(slowloris, addr, c, stop)
+    for _ in range(mix["garbage"]):
+        await spawn(garbage, addr, c, stop)
+    for i in range(mix["flooders"]):
+        await spawn(flooder, addr, c, i, stop)
+    for _ in range(mix["churn"]):
+        await spawn(churn, addr, c, args.rooms, stop)
+
+    peak_conns = 0
+    t_go = time.monotonic()
+    while time.monotonic() - t_go < args.duration:
+        await asyncio.sleep(1)
+        m = await scrape(addr)
+        peak_conns = max(peak_conns, m["roomcast_connections"])
+    log(f"traffic for {args.duration}s; peak connections {peak_conns:.0f}; stopping")
+    stop.set()
+    done, pending = await asyncio.wait(tasks, timeout=60)
+    if pending:
+        c.failures.append(f"{len(pending)} clients did not finish")
+        for t in pending:
+            t.cancel()
+
+    # The server's view once every client has gone.
+    # Counters are final once no client is left; the gauges are read from a scrape that
+    # finds itself alone.
+    deadline = time.monotonic() + 20
+    while True:
+        m = await scrape(addr)
+        if m["roomcast_connections"] <= 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    fds_after = server.fds()
+    while fds_after != baseline_fds and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        fds_after = server.fds()
+    return c, m, mix, received, sent, baseline_fds, fds_after, baseline_rss, peak_conns
+
+
+def check(args, server, result):
+    c, m, mix, received, sent, fds_before, fds_after, rss_before, peak_conns = result
+    failures = list(c.failures)
+
+    def expect(what, got, want):
+        if got != want:
+            failures.append(f"{what}: {got} != {want}")
+
+    # Every chatter got every message of its room's other chatters, in order.
+    expected = lost = disorder = 0
+    for i, got in enumerate(received):
+        for j in range(i % args.rooms, mix["chatters"], args.rooms):
+            want = sent.get(j, 0)
+            seqs = got.get(j, [])
+            expected += want
+            lost += max(0, want - len(seqs))
+            if seqs != list(range(len(seqs))):
+                disorder += 1
+    if lost or disorder:
+        failures.append(f"chatters lost {lost} of {expected} messages; {disorder} out of order")
+
+    rss_peak = server.status("VmHWM")
+    rss_after = server.status("VmRSS")
+    bound = args.rss_bound_mib * 2**20
+    if rss_peak > bound:
+        failures.append(f"peak RSS {rss_peak / 2**20:.1f} MiB over {args.rss_bound_mib} MiB")
+    expect("fds after", fds_after, fds_before)
+    for gauge in ("roomcast_websockets", "roomcast_rooms", "roomcast_room_members",
+                  "roomcast_queued_bytes"):
+        expect(gauge, m[gauge], 0)
+    expect("connections after (this scrape)", m["roomcast_connections"], 1)
+
+    def closed(code):
+        return m.get(f'roomcast_websockets_closed_total{{code="{code}"}}', 0)
+
+    def failed(reason):
+        return m[f'roomcast_handshake_failures_total{{reason="{reason}"}}']
+
+    expect("upgrades", m["roomcast_websockets_opened_total"], c.upgrades)
+    all_closed = sum(v for k, v in m.items() if k.startswith("roomcast_websockets_closed_total"))
+    expect("closes counted", all_closed, c.upgrades)
+    expect("closes 1000", closed(1000), c.close_1000)
+    expect("closes 1002", closed(1002), c.garbage_ws)
+    expect("closes 1008", closed(1008), c.flood_closed + c.stalled_cut)
+    expect("slow consumers", m["roomcast_slow_consumers_closed_total"], c.stalled_cut)
+    expect("stalled readers cut off", c.stalled_cut, mix["stalled"])
+    expect("timeouts", failed("timeout"), c.slowloris)
+    expect("bad requests", failed("bad_request"), c.garbage_http)
+    expect("rate-limit closes", m["roomcast_rate_limit_closed_total"], c.flood_closed)
+    # Each flooder's last message is dropped too, by closing it, with no error reply.
+    expect("rate-limited messages", m["roomcast_rate_limited_messages_total"],
+           c.flood_refused + c.flood_closed)
+    expect("broadcasts", m["roomcast_broadcast_fanout_count"], c.chat_sent + c.flood_delivered)
+    per_room = mix["chatters"] // args.rooms
+    # Stalled readers sat in chatters' rooms until they were cut off, so a broadcast
+    # reached per_room members, or one more.
+    fanout_sum = m["roomcast_broadcast_fanout_sum"]
+    low = c.chat_sent * per_room + c.flood_delivered
+    high = c.chat_sent * (per_room + 1) + c.flood_delivered
+    if not low <= fanout_sum <= high:
+        failures.append(f"fan-out sum {fanout_sum} outside [{low}, {high}]")
+    for reason in ("version", "auth", "origin", "limit"):
+        expect(f"{reason} failures", failed(reason), 0)
+
+    log(f"clients: {c.upgrades} upgrades, {c.chat_sent} chat messages, "
+        f"{c.churn_cycles} churn cycles, {c.slowloris} slowloris heads timed out, "
+        f"{c.garbage_http}+{c.garbage_ws} garbage, {c.flood_closed} flooders closed "
+        f"({c.flood_refused} refused), {c.stalled_cut} stalled readers cut off")
+    log(f"peak connections {peak_conns:.0f}; messages expected by chatters {expected}, "
+        f"lost {lost}, out of order {disorder}")
+    log(f"server RSS: before {rss_before / 2**20:.1f} MiB, peak {rss_peak / 2**20:.1f} MiB "
+        f"(bound {args.rss_bound_mib} MiB), after {rss_after / 2**20:.1f} MiB")
+    log(f"server fds: before {fds_before}, after {fds_after}")
+    return failures
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--binary", default="target/release/roomcast")
+    p.add_argument("--duration", type=float, default=60)
+    p.add_argument("--connections", type=int, default=5000)
+    p.add_argument("--rooms", type=int, default=50)
+    p.add_argument("--rss-bound-mib", type=int, default=200)
+    args = p.parse_args()
+
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = args.connections + 2000
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+        if hard < need:
+            raise SystemExit(f"open-file limit {hard} is too low for {args.connections} clients")
+
+    server = Server(args.binary)
+    try:
+        result = asyncio.run(run(args, server))
+        failures = check(args, server, result)
+    finally:
+        server.stop()
+    errors = [l for l in server.log_lines() if '"ERROR"' in l]
+    if errors:
+        failures.append(f"server logged errors: {errors[:3]}")
+    if failures:
+        for f in failures:
+            log("FAIL", f)
+        sys.exit(1)
+    log("passed")
+
+
+if __name__ == "__main__":
+    main()
