@@ -11,7 +11,8 @@
 #   2. cargo clippy (all targets, warnings are errors)
 #   3. the Rust tests (cargo nextest if installed, else cargo test) + doctests
 #   4. cargo build --release
-#   5. the Autobahn conformance cases 1-10 against the release binary
+#   5. a 15-second soak test (scripts/soak.py) against the release binary
+#   6. the Autobahn conformance cases 1-10 against the release binary
 #
 # Setup steps are `ensure_*` functions so new prerequisites (a redis server,
 # chromium, ...) can be added next to ensure_python_venv and called from main.
@@ -22,6 +23,7 @@ REPO_ROOT=$(pwd)
 
 VENV_DIR="$REPO_ROOT/target/venv"
 KOSOKU_VERSION="0.1.0"
+WEBSOCKETS_VERSION="15.0.1"
 
 # ---------------------------------------------------------------- helpers
 
@@ -65,14 +67,16 @@ apt_install() {
 # ---------------------------------------------------------------- setup
 
 # A venv under target/ (gitignored, removed by `cargo clean`) holding kosoku,
-# the Autobahn fuzzing client used by scripts/autobahn.py.
+# the Autobahn fuzzing client used by scripts/autobahn.py, and websockets, the
+# client library of scripts/soak.py.
 ensure_python_venv() {
-    section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION)"
+    section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION, websockets==$WEBSOCKETS_VERSION)"
     local py="$VENV_DIR/bin/python"
 
     if [ -x "$py" ] && "$py" -c 'import sys; from importlib.metadata import version
-sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
-        echo "kosoku $KOSOKU_VERSION already installed"
+sys.exit(version("kosoku") != sys.argv[1] or version("websockets") != sys.argv[2])' \
+        "$KOSOKU_VERSION" "$WEBSOCKETS_VERSION" 2>/dev/null; then
+        echo "kosoku $KOSOKU_VERSION and websockets $WEBSOCKETS_VERSION already installed"
         return 0
     fi
 
@@ -95,8 +99,9 @@ sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
             }
         fi
     fi
-    "$py" -m pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
-    echo "installed kosoku $KOSOKU_VERSION"
+    "$py" -m pip install --quiet --disable-pip-version-check \
+        "kosoku==$KOSOKU_VERSION" "websockets==$WEBSOCKETS_VERSION"
+    echo "installed kosoku $KOSOKU_VERSION and websockets $WEBSOCKETS_VERSION"
 }
 
 # ---------------------------------------------------------------- checks
@@ -131,6 +136,9 @@ main() {
 
     section "cargo build --release"
     cargo build --release
+
+    section "soak (15 s, 5,000 connections, against target/release/roomcast)"
+    "$VENV_DIR/bin/python" scripts/soak.py --binary target/release/roomcast --duration 15
 
     section "autobahn (cases 1-10 against target/release/roomcast)"
     # Keep this last: its final line (`autobahn: N passed, M failed`) should
