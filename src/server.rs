@@ -115,8 +115,10 @@ impl Server {
         let mut drain: Option<(u64, u64)> = None;
         loop {
             let now = self.now();
+            // A drain ends at its deadline, not at the tick after it.
+            let wake = drain.map_or(next_tick, |(_, deadline)| next_tick.min(deadline));
             let timeout = if self.unfinished_reads.is_empty() && !self.engine.has_pending_work() {
-                Duration::from_millis(next_tick.saturating_sub(now))
+                Duration::from_millis(wake.saturating_sub(now))
             } else {
                 Duration::ZERO
             };

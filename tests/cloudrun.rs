@@ -47,9 +47,7 @@ fn a_chat_connection_is_asked_to_reconnect_at_its_maximum_age() {
 
 #[test]
 fn the_maximum_age_comes_from_the_environment_and_applies_to_echo() {
-    let server = ServerBuilder::new()
-        .env("MAX_CONNECTION_AGE", "1s")
-        .spawn();
+    let server = ServerBuilder::new().env("MAX_CONNECTION_AGE", "1s").spawn();
     let connecting = Instant::now();
     let mut c = Client::plain(&server, "/echo");
     assert_eq!(c.expect_close(Duration::from_millis(1100) + STEP), 1001);
@@ -136,7 +134,11 @@ fn a_trace_header_puts_the_trace_on_that_connections_log_lines() {
     let server = start(&["--log-level", "debug", "--project-id", "my-project"]);
     let (mut ws, opened) = connect_traced(&server, &format!("{TRACE}/123;o=1"));
     let trace = format!("projects/my-project/traces/{TRACE}");
-    assert_eq!(opened["logging.googleapis.com/trace"], trace.as_str(), "{opened}");
+    assert_eq!(
+        opened["logging.googleapis.com/trace"],
+        trace.as_str(),
+        "{opened}"
+    );
     assert_eq!(opened["logging.googleapis.com/spanId"], "000000000000007b");
     assert_eq!(opened["logging.googleapis.com/trace_sampled"], true);
     let conn = opened["conn"].clone();
@@ -147,7 +149,11 @@ fn a_trace_header_puts_the_trace_on_that_connections_log_lines() {
     let line = server.wait_log(STEP, |v| {
         v["message"] == "closing on protocol error" && v["conn"] == conn
     });
-    assert_eq!(line["logging.googleapis.com/trace"], trace.as_str(), "{line}");
+    assert_eq!(
+        line["logging.googleapis.com/trace"],
+        trace.as_str(),
+        "{line}"
+    );
 }
 
 #[test]

@@ -17,7 +17,10 @@ fn probe(server: &Server, path: &str) -> (u16, Value) {
 #[test]
 fn probes_answer_while_serving() {
     let server = start(&[]);
-    assert_eq!(probe(&server, "/healthz"), (200, json!({"status": "alive"})));
+    assert_eq!(
+        probe(&server, "/healthz"),
+        (200, json!({"status": "alive"}))
+    );
     assert_eq!(probe(&server, "/readyz"), (200, json!({"status": "ready"})));
     let ex = http_exchange(server.addr, b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(ex.resp.status, 405, "only GET is served");
@@ -36,7 +39,10 @@ fn readyz_is_503_while_draining_and_healthz_stays_200() {
         probe(&server, "/readyz"),
         (503, json!({"status": "draining"}))
     );
-    assert_eq!(probe(&server, "/healthz"), (200, json!({"status": "alive"})));
+    assert_eq!(
+        probe(&server, "/healthz"),
+        (200, json!({"status": "alive"}))
+    );
     let key = new_key();
     let ex = http_exchange(server.addr, upgrade_request("/", &key).as_bytes());
     assert_eq!(ex.resp.status, 503, "a new client while draining");
@@ -49,6 +55,8 @@ fn readyz_is_503_while_draining_and_healthz_stays_200() {
     // The client answers; with no WebSocket left the drain is over, probes or not.
     silent.send(OP_CLOSE, &1001u16.to_be_bytes());
     silent.expect_eof(STEP);
-    let status = server.wait_exit(STEP).expect("exit once the last client closed");
+    let status = server
+        .wait_exit(STEP)
+        .expect("exit once the last client closed");
     assert_eq!(status.code(), Some(0));
 }
