@@ -175,7 +175,7 @@ fn the_project_can_come_from_google_cloud_project() {
 fn malformed_trace_headers_are_ignored() {
     let server = start(&["--log-level", "debug", "--project-id", "p"]);
     for bad in [
-        format!("{TRACE}"),
+        TRACE.to_owned(),
         format!("{TRACE}/1;o=7"),
         format!("{TRACE}x/1;o=1"),
         format!("{TRACE}/abc;o=1"),
