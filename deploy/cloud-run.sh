@@ -33,6 +33,17 @@ IMAGE="${IMAGE:-$REGION-docker.pkg.dev/$PROJECT/roomcast/roomcast:latest}"
 # probes: startup polls /healthz every second for up to 10 s (roomcast
 #   listens within milliseconds); liveness restarts an instance whose loop
 #   has not answered /healthz for 30 s.
+STARTUP_PROBE="httpGet.path=/healthz,httpGet.port=8080,initialDelaySeconds=0"
+STARTUP_PROBE+=",periodSeconds=1,timeoutSeconds=1,failureThreshold=10"
+LIVENESS_PROBE="httpGet.path=/healthz,httpGet.port=8080"
+LIVENESS_PROBE+=",periodSeconds=10,timeoutSeconds=1,failureThreshold=3"
+# The limits that bound what one client can make roomcast hold (see
+# deploy/README.md), the maximum age, the drain inside Cloud Run's 10 s, and
+# the project that names traces in log lines.
+ENV_VARS="GOOGLE_CLOUD_PROJECT=$PROJECT,MAX_CONNECTION_AGE=54m,DRAIN_TIMEOUT=8s"
+ENV_VARS+=",MAX_MESSAGE_SIZE=65536,ECHO_MAX_MESSAGE_SIZE=65536,MAX_QUEUED_BYTES=262144"
+ENV_VARS+=",LOG_LEVEL=info"
+
 gcloud run deploy "$SERVICE" \
     --project "$PROJECT" \
     --region "$REGION" \
@@ -46,6 +57,6 @@ gcloud run deploy "$SERVICE" \
     --memory 512Mi \
     --min-instances 1 \
     --max-instances 1 \
-    --startup-probe httpGet.path=/healthz,httpGet.port=8080,initialDelaySeconds=0,periodSeconds=1,timeoutSeconds=1,failureThreshold=10 \
-    --liveness-probe httpGet.path=/healthz,httpGet.port=8080,periodSeconds=10,timeoutSeconds=1,failureThreshold=3 \
-    --set-env-vars "GOOGLE_CLOUD_PROJECT=$PROJECT,MAX_CONNECTION_AGE=54m,DRAIN_TIMEOUT=8s,MAX_MESSAGE_SIZE=65536,ECHO_MAX_MESSAGE_SIZE=65536,MAX_QUEUED_BYTES=262144,LOG_LEVEL=info"
+    --startup-probe "$STARTUP_PROBE" \
+    --liveness-probe "$LIVENESS_PROBE" \
+    --set-env-vars "$ENV_VARS"

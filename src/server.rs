@@ -332,6 +332,10 @@ impl Server {
     }
 }
 
+// LIMITATION: the static build (scripts/build-static.sh, the image) cannot
+// resolve a host name, as glibc's name service modules are shared
+// libraries; there HOST must be an address, or start fails with a lookup
+// error. An address is parsed without any lookup.
 fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
     (host, port).to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(

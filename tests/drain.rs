@@ -1,7 +1,8 @@
 //! Checks graceful shutdown under load: 1,000 chat clients in rooms of ten, each having just
-//! sent five messages that the server has not read yet, then SIGTERM. Every client must get every message of its room, then
-//! `server_shutdown` and a 1001 close, whether the clients answer the close (the server then
-//! exits as soon as they have) or not (it exits at the drain deadline).
+//! sent five messages that the server has not read yet, then SIGTERM. Every client must get
+//! every message of its room, then `server_shutdown` and a 1001 close, whether the clients
+//! answer the close (the server then exits as soon as they have) or not (it exits at the
+//! drain deadline).
 //!
 //! The times are printed; `cargo test --release --test drain -- --nocapture` shows them for
 //! the release build. The assertions on them leave wide slack for a loaded machine.
