@@ -5,6 +5,9 @@
 #   docker build -t roomcast .
 #   docker run --rm -p 8080:8080 roomcast
 #
+# The binary is built for x86_64, as Cloud Run runs; on an ARM machine add
+# --platform linux/amd64 to the build.
+#
 # The build stage runs scripts/build-static.sh, the build that
 # scripts/test.sh checks (static, under 3 MB) and runs from an empty root
 # directory as user 65532, which is what the final stage gives it.
