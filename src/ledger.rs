@@ -77,12 +77,12 @@ impl Ledger {
         self.end.map_or(Closer::Error, |(_, by)| by)
     }
 
-    /// The end-of-connection log fields, as of `now`. Callers append their
-    /// own (connection key, client and room, and whatever else a line
-    /// should carry) to the returned list.
-    pub fn end_fields(&self, now: u64, chat: bool) -> Vec<(&'static str, Value)> {
+    /// The end-of-connection log fields, as of `now`, for a connection on
+    /// `route`. Callers add their own (connection key, trace, client and
+    /// room, whatever else a line should carry).
+    pub fn end_fields(&self, now: u64, route: &'static str) -> Vec<(&'static str, Value)> {
         vec![
-            ("route", if chat { "chat" } else { "echo" }.into()),
+            ("route", route.into()),
             ("durationMs", now.saturating_sub(self.opened_at).into()),
             ("messagesIn", self.messages_in.into()),
             ("messagesOut", self.messages_out.into()),
@@ -105,7 +105,7 @@ mod tests {
         l.ended(1008, Closer::Server);
         l.ended(1000, Closer::Client);
         assert_eq!((l.code(), l.closer()), (1008, Closer::Server));
-        let fields = l.end_fields(35, true);
+        let fields = l.end_fields(35, "chat");
         assert!(fields.contains(&("durationMs", 25.into())));
         assert!(fields.contains(&("closedBy", "server".into())));
     }

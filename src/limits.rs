@@ -28,22 +28,11 @@ pub struct Admission {
 /// The seconds a refused client is asked to wait, in `Retry-After`.
 pub const RETRY_AFTER_SECS: &str = "5";
 
-/// The share of `max_connections`, in percent, from which `/readyz` says
-/// the instance is not ready, so a load balancer sends new clients
-/// elsewhere before they would be refused.
-pub const READY_PERCENT: usize = 90;
-
 impl Admission {
     /// Whether a new connection must be refused: `current` are already
     /// held, of any phase.
     pub fn is_full(&self, current: usize) -> bool {
         current >= self.max_connections
-    }
-
-    /// Whether `current` connections are near the limit: at or above
-    /// [`READY_PERCENT`] of it.
-    pub fn is_near_full(&self, current: usize) -> bool {
-        current.saturating_mul(100) >= self.max_connections.saturating_mul(READY_PERCENT)
     }
 }
 
@@ -257,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn near_full_from_ninety_percent() {
+    fn full_at_the_limit() {
         let a = Admission {
             max_connections: 100,
             max_per_ip: 1,
@@ -266,8 +255,6 @@ mod tests {
             max_room_members: 1,
             rate: LIMIT,
         };
-        assert!(!a.is_near_full(89));
-        assert!(a.is_near_full(90));
         assert!(!a.is_full(99));
         assert!(a.is_full(100));
     }

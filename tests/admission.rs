@@ -215,3 +215,41 @@ fn over_the_rate_messages_are_dropped_and_a_flood_is_closed_1008() {
         assert_eq!(v["text"], "f");
     }
 }
+
+#[test]
+fn readyz_says_near_capacity_from_ninety_percent() {
+    let server = start(&["--max-connections", "10"]);
+    let mut clients: Vec<Client> = (0..7).map(|_| Client::chat(&server)).collect();
+    // The probe's own connection is the eighth: 80%.
+    let resp = http_get(server.addr, "/readyz");
+    assert_eq!(
+        (resp.status, resp.body_text()),
+        (200, r#"{"status":"ready"}"#.into())
+    );
+    clients.push(Client::chat(&server));
+    // This probe is the ninth connection (the tenth if the last one lingers): 90% or more.
+    let deadline = Instant::now() + STEP;
+    loop {
+        let resp = http_get(server.addr, "/readyz");
+        if resp.status == 503 {
+            assert_eq!(resp.body_text(), r#"{"status":"near capacity"}"#);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never near capacity");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Near capacity is advice to the load balancer: an upgrade still succeeds, once the
+    // probes' connections (which count too) have gone.
+    let deadline = Instant::now() + STEP;
+    let _ninth = loop {
+        match try_upgrade(server.addr, "/", &[]) {
+            Ok(ws) => break ws,
+            Err(resp) => assert_eq!(resp.status, 503, "{}", resp.body_text()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ninth client was never let in"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+}

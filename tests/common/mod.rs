@@ -48,12 +48,20 @@ const SERVER_ENV: &[&str] = &[
     "AUTH_SECRET",
     "ALLOWED_ORIGINS",
     "REQUIRE_ORIGIN",
+    "MAX_CONNECTION_AGE",
+    "K_SERVICE",
+    "K_CONFIGURATION",
+    "GOOGLE_CLOUD_PROJECT",
 ];
 
-/// Settings every test server starts with, before the test's own: tests
-/// send as fast as they can, so the message rate limit is lifted (the
-/// tests of the limit set it with flags, which take precedence).
-const TEST_ENV: &[(&str, &str)] = &[("RATE_LIMIT", "1000000"), ("RATE_BURST", "1000000")];
+/// Settings every test server starts with, before the test's own: tests send as fast as they
+/// can and all connect from 127.0.0.1, so the message rate limit and the per-address limit are
+/// lifted (the tests of those limits set them with flags, which take precedence).
+const TEST_ENV: &[(&str, &str)] = &[
+    ("RATE_LIMIT", "1000000"),
+    ("RATE_BURST", "1000000"),
+    ("MAX_CONNECTIONS_PER_IP", "1000000"),
+];
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
 
@@ -225,6 +233,27 @@ impl Server {
 
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a JSON log line for which `pred` holds and returns it.
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .stdout_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| pred(v));
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such log line within {timeout:?}; stdout: {:#?}",
+                self.stdout_lines()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `GET /`, asserting a 200 JSON answer; returns the parsed body.
