@@ -278,7 +278,8 @@ async def churn(addr, c, rooms, stop):
         async with ws:
             c.upgrades += 1
             await ws.recv()
-            await ws.send(json.dumps({"type": "join", "roomId": f"churn-{random.randrange(rooms)}"}))
+            room = f"churn-{random.randrange(rooms)}"
+            await ws.send(json.dumps({"type": "join", "roomId": room}))
             await ws.send(json.dumps({"type": "leave"}))
             await ws.close()
         c.close_1000 += 1
@@ -292,7 +293,8 @@ async def stalled(addr, c, room, stop):
     sock = await raw_socket(addr, upgrade_request(), rcvbuf=4096)
     try:
         c.upgrades += 1
-        await loop.sock_sendall(sock, masked_frame(1, json.dumps({"type": "join", "roomId": room}).encode()))
+        join = json.dumps({"type": "join", "roomId": room}).encode()
+        await loop.sock_sendall(sock, masked_frame(1, join))
         request = masked_frame(1, json.dumps(["x" * STALLED_ECHO_BYTES]).encode())
         # Not bound to the traffic phase: it goes on until the server cuts it off.
         while True:

@@ -276,9 +276,10 @@ mod tests {
         // RFC 7515 A.1: the example HS256 token and key; its exp has
         // passed, so at its own time it is valid and later it is expired.
         let key = BASE64URL
-            .decode(
-                "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow",
-            )
+            .decode(concat!(
+                "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0i",
+                "PS4hcgUuTwjAzZr1Z9CAow",
+            ))
             .unwrap();
         let token = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.\
             eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFt\

@@ -5,7 +5,9 @@
 //! layer (`conn`, `outq`, `lifetime`, `probes`) runs each peer's state
 //! machine; the protocol layer (`http`, `frame`, `mask`, `utf8`, `close`,
 //! `trace`) parses and encodes bytes and nothing else; the app (`chat`,
-//! `rooms`) speaks the JSON chat protocol.
+//! `rooms`) speaks the JSON chat protocol. Beside the connection layer, the
+//! gate (`gate`, `auth`, `origin`, `limits`) decides who may connect and how
+//! much each may send, and `metrics` and `ledger` count what happened.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
