@@ -414,12 +414,7 @@ async def flooder(addr, c, idx, stop):
 
 # ------------------------------------------------------------------ the run
 
-async def run(args, server):
-    global HANDSHAKES
-    HANDSHAKES = asyncio.Semaphore(64)
-    addr = server.addr
-    c = Counts()
-    n = args.connections
+def make_mix(n):
     mix = {
         "chatters": n // 5,
         "stalled": max(1, n // 100),
@@ -429,21 +424,38 @@ async def run(args, server):
         "churn": max(1, n // 25),
     }
     mix["idle"] = n - sum(mix.values())
+    return mix
+
+
+async def run(args, server):
+    """Runs --rounds rounds of traffic against one server; returns what each saw."""
+    global HANDSHAKES
+    HANDSHAKES = asyncio.Semaphore(64)
+    c = Counts()
+    mix = make_mix(args.connections)
     log("mix", mix)
+    before = {"fds": server.fds(), "rss": server.status("VmRSS")}
+    log(f"server before: {before['fds']} fds, RSS {before['rss'] / 2**20:.1f} MiB")
+    rounds = []
+    for r in range(args.rounds):
+        rounds.append(await one_round(args, server, c, mix, before["fds"]))
+        log(f"round {r + 1}: server RSS {rounds[-1]['rss'] / 2**20:.1f} MiB, "
+            f"{rounds[-1]['fds']} fds once its clients had gone")
+    return c, mix, before, rounds
+
+
+async def one_round(args, server, c, mix, baseline_fds):
+    addr = server.addr
+    upgrades_before = c.upgrades
     rooms = [f"room-{i}" for i in range(args.rooms)]
     stop = asyncio.Event()
     go = asyncio.Event()
     ready = asyncio.Semaphore(0)
     received = [dict() for _ in range(mix["chatters"])]
     sent = {}
-    started = 0
+    tasks = []
 
     async def gated(coro_fn, *a):
-        # Ramp up at about 1,000 connections a second, within the listen backlog.
-        nonlocal started
-        started += 1
-        if started % 50 == 0:
-            await asyncio.sleep(0)
         try:
             await coro_fn(*a)
         except Exception as e:  # every failure is reported, none is silent
@@ -454,12 +466,7 @@ async def run(args, server):
         if len(tasks) % 50 == 0:
             await asyncio.sleep(0.05)
 
-    baseline_fds = server.fds()
-    baseline_rss = server.status("VmRSS")
-    log(f"server before: {baseline_fds} fds, RSS {baseline_rss / 2**20:.1f} MiB")
-
     t0 = time.monotonic()
-    tasks = []
     for i in range(mix["chatters"]):
         mates = range(i % args.rooms, mix["chatters"], args.rooms)
         await spawn(chatter, addr, c, i, rooms[i % args.rooms], mates, ready, go, stop,
@@ -482,13 +489,14 @@ async def run(args, server):
     for _ in range(mix["churn"]):
         await spawn(churn, addr, c, args.rooms, stop)
 
+    duration = args.duration / args.rounds
     peak_conns = 0
     t_go = time.monotonic()
-    while time.monotonic() - t_go < args.duration:
+    while time.monotonic() - t_go < duration:
         await asyncio.sleep(1)
         m = await scrape(addr)
         peak_conns = max(peak_conns, m["roomcast_connections"])
-    log(f"traffic for {args.duration}s; peak connections {peak_conns:.0f}; stopping")
+    log(f"traffic for {duration:.0f}s; peak connections {peak_conns:.0f}; stopping")
     stop.set()
     done, pending = await asyncio.wait(tasks, timeout=60)
     if pending:
@@ -496,31 +504,7 @@ async def run(args, server):
         for t in pending:
             t.cancel()
 
-    # The server's view once every client has gone.
-    # Counters are final once no client is left; the gauges are read from a scrape that
-    # finds itself alone.
-    deadline = time.monotonic() + 20
-    while True:
-        m = await scrape(addr)
-        if m["roomcast_connections"] <= 1 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    fds_after = server.fds()
-    while fds_after != baseline_fds and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-        fds_after = server.fds()
-    return c, m, mix, received, sent, baseline_fds, fds_after, baseline_rss, peak_conns
-
-
-def check(args, server, result):
-    c, m, mix, received, sent, fds_before, fds_after, rss_before, peak_conns = result
-    failures = list(c.failures)
-
-    def expect(what, got, want):
-        if got != want:
-            failures.append(f"{what}: {got} != {want}")
-
-    # Every chatter got every message of its room's other chatters, in order.
+    # Every chatter got every message of its room's chatters, its own included, in order.
     expected = lost = disorder = 0
     for i, got in enumerate(received):
         for j in range(i % args.rooms, mix["chatters"], args.rooms):
@@ -530,15 +514,53 @@ def check(args, server, result):
             lost += max(0, want - len(seqs))
             if seqs != list(range(len(seqs))):
                 disorder += 1
+
+    # Counters are final once no client is left; the gauges are read from a scrape that
+    # finds itself alone.
+    deadline = time.monotonic() + 20
+    while True:
+        m = await scrape(addr)
+        if m["roomcast_connections"] <= 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    fds = server.fds()
+    while fds != baseline_fds and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        fds = server.fds()
+    return {
+        "metrics": m, "expected": expected, "lost": lost, "disorder": disorder,
+        "peak_conns": peak_conns, "fds": fds, "rss": server.status("VmRSS"),
+        "upgrades": c.upgrades - upgrades_before,
+    }
+
+
+def check(args, server, result):
+    c, mix, before, rounds = result
+    failures = list(c.failures)
+    m = rounds[-1]["metrics"]
+
+    def expect(what, got, want):
+        if got != want:
+            failures.append(f"{what}: {got} != {want}")
+
+    expected = sum(r["expected"] for r in rounds)
+    lost = sum(r["lost"] for r in rounds)
+    disorder = sum(r["disorder"] for r in rounds)
     if lost or disorder:
         failures.append(f"chatters lost {lost} of {expected} messages; {disorder} out of order")
 
     rss_peak = server.status("VmHWM")
-    rss_after = server.status("VmRSS")
     bound = args.rss_bound_mib * 2**20
     if rss_peak > bound:
         failures.append(f"peak RSS {rss_peak / 2**20:.1f} MiB over {args.rss_bound_mib} MiB")
-    expect("fds after", fds_after, fds_before)
+    for i, r in enumerate(rounds):
+        expect(f"fds after round {i + 1}", r["fds"], before["fds"])
+    # A leak grows with use: the same load again must not leave more memory behind than
+    # the first round did, beyond the allocator's slack.
+    growth = rounds[-1]["rss"] - rounds[0]["rss"]
+    if len(rounds) > 1 and growth > args.leak_tolerance_kib * 1024:
+        failures.append(f"RSS after the last round is {growth / 1024:.0f} KiB above the "
+                        f"first's (tolerance {args.leak_tolerance_kib} KiB)")
     for gauge in ("roomcast_websockets", "roomcast_rooms", "roomcast_room_members",
                   "roomcast_queued_bytes"):
         expect(gauge, m[gauge], 0)
@@ -557,7 +579,7 @@ def check(args, server, result):
     expect("closes 1002", closed(1002), c.garbage_ws)
     expect("closes 1008", closed(1008), c.flood_closed + c.stalled_cut)
     expect("slow consumers", m["roomcast_slow_consumers_closed_total"], c.stalled_cut)
-    expect("stalled readers cut off", c.stalled_cut, mix["stalled"])
+    expect("stalled readers cut off", c.stalled_cut, mix["stalled"] * args.rounds)
     expect("timeouts", failed("timeout"), c.slowloris)
     expect("bad requests", failed("bad_request"), c.garbage_http)
     expect("rate-limit closes", m["roomcast_rate_limit_closed_total"], c.flood_closed)
@@ -576,15 +598,20 @@ def check(args, server, result):
     for reason in ("version", "auth", "origin", "limit"):
         expect(f"{reason} failures", failed(reason), 0)
 
+    peak_conns = max(r["peak_conns"] for r in rounds)
     log(f"clients: {c.upgrades} upgrades, {c.chat_sent} chat messages, "
         f"{c.churn_cycles} churn cycles, {c.slowloris} slowloris heads timed out, "
         f"{c.garbage_http}+{c.garbage_ws} garbage, {c.flood_closed} flooders closed "
         f"({c.flood_refused} refused), {c.stalled_cut} stalled readers cut off")
     log(f"peak connections {peak_conns:.0f}; messages expected by chatters {expected}, "
         f"lost {lost}, out of order {disorder}")
-    log(f"server RSS: before {rss_before / 2**20:.1f} MiB, peak {rss_peak / 2**20:.1f} MiB "
-        f"(bound {args.rss_bound_mib} MiB), after {rss_after / 2**20:.1f} MiB")
-    log(f"server fds: before {fds_before}, after {fds_after}")
+    rss_after = ", ".join(f"{r['rss'] / 2**20:.1f}" for r in rounds)
+    log(f"server RSS: before {before['rss'] / 2**20:.1f} MiB, peak {rss_peak / 2**20:.1f} MiB "
+        f"(bound {args.rss_bound_mib} MiB), after each round {rss_after} MiB "
+        f"(growth {growth / 1024:.0f} KiB over {rounds[-1]['upgrades']} WebSockets in the "
+        f"last round)")
+    fds_after = ", ".join(str(r["fds"]) for r in rounds)
+    log(f"server fds: before {before['fds']}, after each round {fds_after}")
     buckets = sorted(
         (float(k.split('"')[1]), v) for k, v in m.items()
         if k.startswith("roomcast_loop_iteration_seconds_bucket") and "+Inf" not in k)
@@ -600,7 +627,13 @@ def check(args, server, result):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--binary", default="target/release/roomcast")
-    p.add_argument("--duration", type=float, default=60)
+    p.add_argument("--duration", type=float, default=60,
+                   help="seconds of traffic, split evenly between the rounds")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="runs of the whole mix against the same server (2: a leak check)")
+    # Allocator slack measured between rounds was a few hundred KiB; a leak of 256 bytes
+    # per WebSocket would add 2 MiB over a round's ~8,000.
+    p.add_argument("--leak-tolerance-kib", type=int, default=1024)
     p.add_argument("--connections", type=int, default=5000)
     p.add_argument("--rooms", type=int, default=50)
     # About 20 MiB was measured at 5,000 connections, most of it the stalled readers' queues
