@@ -29,10 +29,11 @@ Everything is bounded: a client count, a duration, and a deadline on every wait.
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import random
-import re
+import signal
 import socket
 import struct
 import subprocess
@@ -62,12 +63,19 @@ def log(*args):
 
 # ------------------------------------------------------------------ server process
 
+def die_with_parent():
+    """In the child: the kernel kills the server if this script dies first, however."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Server:
     def __init__(self, binary):
         self.out = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [binary, "--host", "127.0.0.1", "--port", "0", *SERVER_FLAGS],
             stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + 15
         while True:
@@ -82,6 +90,7 @@ class Server:
                     self.addr = (host, int(port))
                     return
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise SystemExit("server did not start")
             time.sleep(0.05)
 
@@ -650,6 +659,9 @@ def main():
         if hard < need:
             raise SystemExit(f"open-file limit {hard} is too low for {args.connections} clients")
 
+    # A SIGTERM (a CI timeout, say) unwinds through the finally below, which stops the
+    # server; the death signal above covers a SIGKILL.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("soak: terminated"))
     server = Server(args.binary)
     try:
         result = asyncio.run(run(args, server))

@@ -481,7 +481,7 @@ impl<S: Transport> Engine<S> {
             self.table.metrics.bytes_out += written;
             match flushed {
                 Err(_) => {
-                    conn.ledger.ended(1006, Closer::Error);
+                    conn.ledger.ended(ABNORMAL, Closer::Error);
                     self.doom(key);
                 }
                 Ok(true) => {
@@ -532,7 +532,7 @@ impl<S: Transport> Engine<S> {
         if let Some(peer) = self.table.peers.get_mut(key) {
             // Still open: the peer went away without a close handshake.
             if peer.conn.phase == Phase::Open {
-                peer.conn.ledger.ended(1006, Closer::Error);
+                peer.conn.ledger.ended(ABNORMAL, Closer::Error);
             }
         }
         self.leave_open(key);
