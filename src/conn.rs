@@ -36,6 +36,12 @@ use crate::probes::{self, Load, Readiness};
 use crate::slab::{Key, Slab};
 use crate::trace::TraceContext;
 
+/// Connections accepted past `--max-connections` whose requests are still
+/// read, so that health probes and metrics scrapes are answered when the
+/// server is full (an upgrade among them gets 503). Beyond these, a
+/// connection is answered 503 as soon as it is accepted.
+pub const PROBE_ROOM: usize = 64;
+
 /// What the engine needs of a socket.
 pub trait Transport: Read + Write {
     /// Shuts down the sending half: the peer reads end-of-file after
@@ -392,15 +398,18 @@ impl<S: Transport> Engine<S> {
         self.accept_from(socket, IpAddr::V4(Ipv4Addr::UNSPECIFIED), now)
     }
 
-    /// Adds a freshly accepted connection from `peer_ip`. Beyond
-    /// `--max-connections` it is answered 503 at once, without waiting
-    /// for its request, and closed.
+    /// Adds a freshly accepted connection from `peer_ip`. Past
+    /// `--max-connections` its request is still read, so that probes and
+    /// scrapes are answered when the server is full, but an upgrade gets
+    /// 503; past that and [`PROBE_ROOM`] more, it is answered 503 at once,
+    /// without waiting for its request, and closed.
     // LIMITATION: a refused connection still lingers, up to the close
     // timeout, until its client closes; a flood of connects can so hold
     // more descriptors than the limit, about its connect rate times the
     // close timeout, until the open-file limit makes accepts fail.
     pub fn accept_from(&mut self, socket: S, peer_ip: IpAddr, now: u64) -> Key {
-        let full = self.policy.admission.is_full(self.len());
+        let held = self.len().saturating_sub(PROBE_ROOM);
+        let full = self.policy.admission.is_full(held);
         let conn = Connection::new(now, &self.limits, &self.policy, peer_ip);
         self.table.metrics.accepted += 1;
         let key = self.table.peers.insert(Peer { socket, conn });
@@ -713,6 +722,8 @@ impl<S: Transport> Engine<S> {
     }
 
     fn on_request_bytes(&mut self, key: Key, input: &mut [u8], now: u64) {
+        // This connection is one of them: one fewer were held before it.
+        let full = self.policy.admission.is_full(self.len() - 1);
         let site = Site {
             open: self.table.open,
             rooms: self.chat.rooms().len(),
@@ -749,7 +760,7 @@ impl<S: Transport> Engine<S> {
                         } => admit(
                             &self.policy,
                             &mut self.per_ip,
-                            peer_ip,
+                            (peer_ip, full),
                             &req,
                             (route, upgrade, trace),
                         ),
@@ -1124,11 +1135,12 @@ impl Decision {
 }
 
 /// Runs the gate on an upgrade that passed RFC 6455's checks, and counts
-/// it against its client address.
+/// it against its client address. `full` says the server already holds
+/// `--max-connections` others.
 fn admit(
     policy: &Policy,
     per_ip: &mut PerIp,
-    peer_ip: IpAddr,
+    (peer_ip, full): (IpAddr, bool),
     req: &http::Request<'_>,
     (route, upgrade, trace): (Route, http::Upgrade, Option<TraceContext>),
 ) -> Decision {
@@ -1136,6 +1148,9 @@ fn admit(
         Ok(identity) => identity,
         Err(denied) => return Decision::Deny(denied),
     };
+    if full {
+        return Decision::Deny(Denied::Full);
+    }
     let ip = policy.client_ip(req, peer_ip);
     if !per_ip.try_add(ip, policy.admission.max_per_ip) {
         return Decision::Deny(Denied::PerIp);

@@ -33,14 +33,24 @@ fn wait_metric(server: &Server, name: &str, want: f64) {
 fn past_max_connections_is_503_with_retry_after() {
     let server = start(&["--max-connections", "3"]);
     let mut clients: Vec<Client> = (0..3).map(|_| Client::chat(&server)).collect();
-    // Any connection counts, a plain request too: it is answered at once.
-    let resp = http_get(server.addr, "/");
-    assert_eq!(resp.status, 503);
-    assert_eq!(resp.header("retry-after"), Some("5"));
+    // Full: an upgrade is refused, but probes and scrapes are still answered, so a full
+    // server is not taken for a dead one.
     let err = try_upgrade(server.addr, "/", &[]).err().expect("full");
     assert_eq!(err.status, 503);
     assert_eq!(err.header("retry-after"), Some("5"));
     assert!(err.body_text().contains("connection limit"));
+    assert_eq!(http_get(server.addr, "/healthz").status, 200);
+    assert_eq!(http_get(server.addr, "/metrics").status, 200);
+
+    // Past the limit and the probes' room (64), a connection is answered before it says
+    // anything. Idle connections count: they are sockets held.
+    let idle: Vec<_> = (0..64).map(|_| tcp_connect(server.addr)).collect();
+    let mut late = tcp_connect(server.addr);
+    let mut buf = Vec::new();
+    let resp = read_response_head(&mut late, &mut buf);
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    drop((idle, late));
 
     // One leaves: there is room again.
     let mut gone = clients.pop().unwrap();
