@@ -129,7 +129,7 @@ pub struct Config {
 
     /// Require an HS256 JWT signed with this secret on every upgrade
     /// (Authorization: Bearer, or a token query parameter).
-    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true, value_parser = secret)]
     pub auth_secret: Option<String>,
 
     /// Origins allowed to connect, comma-separated:
@@ -209,6 +209,15 @@ fn positive(s: &str) -> Result<usize, String> {
 
 fn positive_u32(s: &str) -> Result<u32, String> {
     positive(s).and_then(|n| u32::try_from(n).map_err(|e| e.to_string()))
+}
+
+/// An empty secret would make every token signed with an empty key valid:
+/// a misconfiguration, refused at start rather than served.
+fn secret(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_string())
 }
 
 fn origin(s: &str) -> Result<String, String> {

@@ -251,3 +251,10 @@ fn origin_is_checked_before_the_token() {
         .expect("refused");
     assert_eq!(resp.status, 403);
 }
+
+#[test]
+fn an_empty_secret_is_refused_at_start() {
+    let (status, _, stderr) = run_binary(&["--auth-secret", ""], STEP);
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
+    assert!(stderr.contains("must not be empty"), "{stderr}");
+}
