@@ -15,6 +15,7 @@
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
+use crate::assets;
 use crate::chat::{Chat, Member, Outbox};
 use crate::close::{parse_close_payload, CloseCode, PeerClose};
 use crate::frame::{write_close, write_frame, Decoder, Event, FrameError, OpCode, Payload};
@@ -537,6 +538,10 @@ impl<S: Transport> Engine<S> {
                 });
                 self.linger(key, now);
             }
+            Decision::Asset(reply) => {
+                conn.out.push_with(|v| reply.write(v));
+                self.linger(key, now);
+            }
             Decision::Upgrade { route, upgrade } => {
                 conn.out
                     .push_with(|v| http::write_switching_protocols(v, &upgrade));
@@ -742,14 +747,16 @@ enum Decision {
         status: u16,
         body: String,
     },
+    Asset(assets::Reply),
     Upgrade {
         route: Route,
         upgrade: http::Upgrade,
     },
 }
 
-/// Routes a request: WebSocket upgrades by path, plain GETs to the health
-/// report or 404.
+/// Routes a request: WebSocket upgrades by path, plain requests for the
+/// embedded client files to [`assets`], plain GETs to the health report or
+/// 404.
 fn decide(
     req: &http::Request<'_>,
     open: usize,
@@ -769,6 +776,9 @@ fn decide(
             }
             Err(e) => Decision::Refuse(e),
         };
+    }
+    if let Some(reply) = assets::route(req) {
+        return Decision::Asset(reply);
     }
     if req.method != "GET" {
         return Decision::Refuse(HttpError::MethodNotAllowed);
