@@ -3,15 +3,18 @@
 #
 #   scripts/test.sh
 #
-# Works on a fresh Debian/Ubuntu machine with a Rust toolchain: it sets up
-# what else it needs (a Python venv with kosoku under target/venv) and then
-# runs, stopping at the first failure:
+# Works on a fresh Debian/Ubuntu machine with a Rust toolchain and Node.js
+# 20+: it sets up what else it needs (a Python venv with kosoku under
+# target/venv, Debian's chromium, the npm packages of web/) and then runs,
+# stopping at the first failure:
 #
 #   1. cargo fmt --check
 #   2. cargo clippy (all targets, warnings are errors)
 #   3. the Rust tests (cargo nextest if installed, else cargo test) + doctests
 #   4. cargo build --release
-#   5. the Autobahn conformance cases 1-10 against the release binary
+#   5. the client's tests: unit (node --test), typings (tsc), Node.js against
+#      the release binary, and the chat page in headless Chromium
+#   6. the Autobahn conformance cases 1-10 against the release binary
 #
 # Setup steps are `ensure_*` functions so new prerequisites (a redis server,
 # chromium, ...) can be added next to ensure_python_venv and called from main.
@@ -22,6 +25,8 @@ REPO_ROOT=$(pwd)
 
 VENV_DIR="$REPO_ROOT/target/venv"
 KOSOKU_VERSION="0.1.0"
+WEB_DIR="$REPO_ROOT/web"
+CHROMIUM_BIN="/usr/bin/chromium"
 
 # ---------------------------------------------------------------- helpers
 
@@ -99,7 +104,68 @@ sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
     echo "installed kosoku $KOSOKU_VERSION"
 }
 
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+# Node.js 20+ and npm run the client's tests (playwright-core needs 20).
+ensure_node() {
+    section "node.js"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if [ "$(node_major)" -lt 20 ]; then
+        echo "error: Node.js 20 or newer is needed, found $(node --version)" >&2
+        return 1
+    fi
+    echo "node $(node --version), npm $(npm --version)"
+}
+
+# Debian's Chromium for the browser tests; playwright-core drives it and
+# never downloads a browser of its own.
+ensure_chromium() {
+    section "chromium ($CHROMIUM_BIN)"
+    if [ ! -x "$CHROMIUM_BIN" ]; then
+        apt_install chromium
+    fi
+    "$CHROMIUM_BIN" --version
+}
+
+# The packages pinned in web/package-lock.json (ws, playwright-core,
+# typescript), installed into web/node_modules.
+ensure_npm_packages() {
+    section "npm ci (web/)"
+    (cd "$WEB_DIR" && npm ci --no-audit --no-fund)
+}
+
 # ---------------------------------------------------------------- checks
+
+run_client_tests() {
+    local bin="$REPO_ROOT/target/release/roomcast"
+    cd "$WEB_DIR"
+
+    section "client unit tests (node --test)"
+    node --test test/unit.test.js
+
+    section "client typings (tsc)"
+    node_modules/.bin/tsc -p test/tsconfig.json
+
+    section "client in Node.js against target/release/roomcast (ws package)"
+    ROOMCAST_BIN="$bin" node --test test/node-client.test.js
+
+    section "client in Node.js against target/release/roomcast (Node's WebSocket)"
+    local flags=()
+    # Node 22 has a global WebSocket; Node 20 needs the flag.
+    if [ "$(node_major)" -lt 22 ]; then
+        flags=(--experimental-websocket)
+    fi
+    ROOMCAST_BIN="$bin" ROOMCAST_TEST_WEBSOCKET=global \
+        node "${flags[@]}" --test test/node-client.test.js
+
+    section "chat page in headless Chromium against target/release/roomcast"
+    ROOMCAST_BIN="$bin" CHROMIUM_BIN="$CHROMIUM_BIN" node --test test/browser.test.js
+    echo "screenshots: target/browser/chat.png, target/browser/chat-reconnecting.png"
+
+    cd "$REPO_ROOT"
+}
 
 run_rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
@@ -120,6 +186,9 @@ run_rust_tests() {
 
 main() {
     ensure_python_venv
+    ensure_node
+    ensure_chromium
+    ensure_npm_packages
 
     section "cargo fmt --check"
     cargo fmt --all -- --check
@@ -131,6 +200,8 @@ main() {
 
     section "cargo build --release"
     cargo build --release
+
+    run_client_tests
 
     section "autobahn (cases 1-10 against target/release/roomcast)"
     # Keep this last: its final line (`autobahn: N passed, M failed`) should

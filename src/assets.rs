@@ -247,8 +247,14 @@ mod tests {
     #[test]
     fn a_current_etag_gets_304_and_a_stale_one_the_file() {
         let etag = format!("\"{:016x}\"", find("/client.d.ts").unwrap().etag);
-        for value in [etag.clone(), format!("W/{etag}"), format!("\"x\", {etag}"), "*".into()] {
-            let raw = format!("GET /client.d.ts HTTP/1.1\r\nHost: x\r\nIf-None-Match: {value}\r\n\r\n");
+        for value in [
+            etag.clone(),
+            format!("W/{etag}"),
+            format!("\"x\", {etag}"),
+            "*".into(),
+        ] {
+            let raw =
+                format!("GET /client.d.ts HTTP/1.1\r\nHost: x\r\nIf-None-Match: {value}\r\n\r\n");
             let text = text(request(&raw).unwrap());
             assert!(text.starts_with("HTTP/1.1 304 "), "{value}: {text}");
             assert!(text.contains(&format!("\r\nETag: {etag}\r\n")));
@@ -265,6 +271,9 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 405 "), "{text}");
         assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
         assert_eq!(request("GET /chat/ HTTP/1.1\r\nHost: x\r\n\r\n"), None);
-        assert_eq!(request("GET /client.js.map HTTP/1.1\r\nHost: x\r\n\r\n"), None);
+        assert_eq!(
+            request("GET /client.js.map HTTP/1.1\r\nHost: x\r\n\r\n"),
+            None
+        );
     }
 }

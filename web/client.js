@@ -62,6 +62,9 @@ const PROBE_TYPE = "roomcast_probe";
 /** The largest room name the server accepts, in UTF-8 bytes. */
 const MAX_ROOM_BYTES = 256;
 
+/** How long a socket that reported an error has to report its close. */
+const ERROR_GRACE_MS = 500;
+
 // WebSocket.readyState OPEN, the same in browsers, Node and `ws`.
 const OPEN = 1;
 
@@ -349,8 +352,7 @@ export class RoomcastClient {
     ws.onopen = () => this.#onOpen(ws);
     ws.onmessage = (ev) => this.#onMessage(ws, ev.data);
     ws.onclose = (ev) => this.#onSocketClose(ws, ev);
-    // An error is always followed by a close, which is what we act on.
-    ws.onerror = () => {};
+    ws.onerror = () => this.#onSocketError(ws);
     this.#setTimer("connect", this.#opts.connectTimeoutMs, () => {
       this.#retire(ws, CLOSE_CONNECT_TIMEOUT, "connect timeout", 0, "connect timeout");
     });
@@ -483,6 +485,17 @@ export class RoomcastClient {
       { code: ev.code ?? 1006, reason: ev.reason ?? "", wasClean: Boolean(ev.wasClean) },
       cause,
     );
+  }
+
+  // Browsers always follow an error with a close, which is what we act on.
+  // Node 20's experimental WebSocket does not for a refused connection (it
+  // stays CONNECTING), so the socket is given up on if no close follows.
+  #onSocketError(ws) {
+    if (ws !== this.#ws || this.#state === "closing" || this.#state === "closed") return;
+    const cause = this.#state === "connecting" ? "connect failed" : "connection lost";
+    this.#setTimer("grace", ERROR_GRACE_MS, () => {
+      if (ws === this.#ws) this.#afterClose({ code: 1006, reason: "", wasClean: false }, cause);
+    });
   }
 
   // Starts closing `ws` and stops listening to it after `graceMs` (at

@@ -1,14 +1,16 @@
 // The client in Node.js (with the `ws` package's WebSocket) against the
 // real roomcast binary: chat, restart with queued messages, the backoff
-// reset, dead-connection detection through a proxy that goes silent, and
-// the server's `reconnect` request.
+// reset, dead-connection detection through a proxy that goes silent, the
+// server's `reconnect` request; and the files roomcast serves for it.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import WebSocket from "ws";
 
 import { CLOSE_HEARTBEAT_TIMEOUT, RoomcastClient } from "../client.js";
 import {
+  BINARY,
   Recorder,
   serverTextFrame,
   sleep,
@@ -16,8 +18,15 @@ import {
   startServer,
 } from "./support.js";
 
+// ROOMCAST_TEST_WEBSOCKET=global runs these tests with Node's own
+// WebSocket (Node 22, or Node 20 with --experimental-websocket) instead of
+// the `ws` package's.
+const WS_CLASS = process.env.ROOMCAST_TEST_WEBSOCKET === "global" ? globalThis.WebSocket : WebSocket;
+if (typeof WS_CLASS !== "function") throw new Error("this Node.js has no global WebSocket");
+console.log(`# WebSocket class: ${WS_CLASS === WebSocket ? "ws package" : "Node's own"}`);
+
 function client(url, options = {}) {
-  const c = new RoomcastClient(url, { WebSocket, ...options });
+  const c = new RoomcastClient(url, { WebSocket: WS_CLASS, ...options });
   return { client: c, rec: new Recorder(c) };
 }
 
@@ -198,4 +207,33 @@ test("the server's reconnect request is followed at once", async (t) => {
     await a.rec.next("user_left", (m) => m.userCount === 1, { from: 0 });
   }
   assert.equal(a.client.userCount, 1);
+});
+
+test("the page and client are served with their types and headers", async (t) => {
+  const server = await startServer();
+  t.after(() => server.kill());
+  const expect = {
+    "/chat": "text/html; charset=utf-8",
+    "/client.js": "text/javascript; charset=utf-8",
+    "/client.d.ts": "text/plain; charset=utf-8",
+  };
+  for (const [p, type] of Object.entries(expect)) {
+    const res = await fetch(`${server.http}${p}`);
+    assert.equal(res.status, 200, p);
+    assert.equal(res.headers.get("content-type"), type, p);
+    assert.equal(res.headers.get("x-content-type-options"), "nosniff", p);
+    assert.equal(res.headers.get("cache-control"), "no-cache", p);
+    const etag = res.headers.get("etag");
+    assert.match(etag, /^"[0-9a-f]{16}"$/, p);
+    await res.arrayBuffer();
+    const again = await fetch(`${server.http}${p}`, { headers: { "If-None-Match": etag } });
+    assert.equal(again.status, 304, p);
+    const head = await fetch(`${server.http}${p}`, { method: "HEAD" });
+    assert.equal(head.status, 200, p);
+    assert.equal(head.headers.get("content-type"), type, p);
+  }
+  // The module the page loads is the one in the repository.
+  const body = await (await fetch(`${server.http}/client.js`)).text();
+  const file = await readFile(new URL("../client.js", import.meta.url), "utf8");
+  assert.ok(body === file, `${BINARY} serves another client.js than web/client.js: rebuild it`);
 });

@@ -178,3 +178,13 @@ test("http: URLs map to ws:", async () => {
   client.close();
   assert.equal(client.url, `ws://127.0.0.1:${port}/x`);
 });
+
+test("the typings declare exactly what the module exports", async () => {
+  const { readFile } = await import("node:fs/promises");
+  const dts = await readFile(new URL("../client.d.ts", import.meta.url), "utf8");
+  const declared = [...dts.matchAll(/^export declare (?:const|function|class) (\w+)/gm)]
+    .map((m) => m[1])
+    .sort();
+  const exported = Object.keys(await import("../client.js")).sort();
+  assert.deepEqual(declared, exported);
+});
