@@ -507,7 +507,13 @@ export class RoomcastClient {
     try {
       ws.close(code, reason);
     } catch {
-      // Already closed or closing: nothing more to ask of it.
+      // A code or reason the WebSocket refuses (browsers allow only 1000
+      // and 3000-4999, and 123 bytes of reason): close it all the same.
+      try {
+        ws.close();
+      } catch {
+        // Already closed: nothing more to ask of it.
+      }
     }
     const finish = (info) => {
       if (ws !== this.#ws) return;
@@ -539,7 +545,8 @@ export class RoomcastClient {
     const nextAttempt = this.#attempt + 1;
     const willReconnect = !closedByUser && nextAttempt <= this.#opts.maxRetries;
     this.#emit("close", { ...info, willReconnect });
-    if (!willReconnect) {
+    // A listener may have called close().
+    if (!willReconnect || this.#state === "closed") {
       this.#state = "closed";
       return;
     }

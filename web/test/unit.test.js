@@ -188,3 +188,15 @@ test("the typings declare exactly what the module exports", async () => {
   const exported = Object.keys(await import("../client.js")).sort();
   assert.deepEqual(declared, exported);
 });
+
+test("close() from a close listener stops the retries", async () => {
+  const port = await closedPort();
+  const client = new RoomcastClient(`ws://127.0.0.1:${port}/`, { WebSocket, backoffBaseMs: 10 });
+  const rec = new Recorder(client);
+  client.once("close", () => client.close());
+  await rec.next("close", (c) => !c.willReconnect, { from: 0 });
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(client.state, "closed");
+  assert.equal(rec.of("reconnecting").length, 0);
+  assert.equal(rec.of("close").length, 2);
+});
