@@ -184,9 +184,15 @@ export declare class RoomcastClient {
   /** Epoch milliseconds of the next attempt while `waiting`, else null. */
   readonly retryAt: number | null;
 
-  on<K extends keyof RoomcastEvents>(type: K, listener: (detail: RoomcastEvents[K]) => void): () => void;
+  on<K extends keyof RoomcastEvents>(
+    type: K,
+    listener: (detail: RoomcastEvents[K]) => void,
+  ): () => void;
   off<K extends keyof RoomcastEvents>(type: K, listener: (detail: RoomcastEvents[K]) => void): void;
-  once<K extends keyof RoomcastEvents>(type: K, listener: (detail: RoomcastEvents[K]) => void): () => void;
+  once<K extends keyof RoomcastEvents>(
+    type: K,
+    listener: (detail: RoomcastEvents[K]) => void,
+  ): () => void;
 
   /** Joins a room (leaving the current one) and rejoins it after reconnects. */
   join(roomId: string): void;

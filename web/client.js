@@ -345,7 +345,10 @@ export class RoomcastClient {
       // A malformed URL or a refused scheme: retrying will not help, but a
       // client that never gives up keeps trying at the capped backoff.
       this.#emit("error", { message: String(err?.message ?? err), fromServer: false });
-      this.#afterClose({ code: 1006, reason: "could not connect", wasClean: false }, "connect failed");
+      this.#afterClose(
+        { code: 1006, reason: "could not connect", wasClean: false },
+        "connect failed",
+      );
       return;
     }
     this.#ws = ws;
@@ -521,7 +524,11 @@ export class RoomcastClient {
       this.#afterClose(info, cause);
     };
     ws.onclose = (ev) =>
-      finish({ code: ev.code ?? code, reason: ev.reason ?? reason, wasClean: Boolean(ev.wasClean) });
+      finish({
+        code: ev.code ?? code,
+        reason: ev.reason ?? reason,
+        wasClean: Boolean(ev.wasClean),
+      });
     const abandoned = { code, reason, wasClean: false };
     if (graceMs <= 0) {
       finish(abandoned);

@@ -55,7 +55,8 @@ async function send(page, text) {
 /** Waits until the page lists a message with `text`; returns its cells. */
 async function message(page, text) {
   await page.waitForFunction(
-    (t) => [...document.querySelectorAll("#messages li.message .text")].some((e) => e.textContent === t),
+    (t) =>
+      [...document.querySelectorAll("#messages li.message .text")].some((e) => e.textContent === t),
     text,
     WAIT,
   );
@@ -72,7 +73,11 @@ async function message(page, text) {
 }
 
 async function members(page, n) {
-  await page.waitForFunction((n) => document.getElementById("members").dataset.count === n, String(n), WAIT);
+  await page.waitForFunction(
+    (n) => document.getElementById("members").dataset.count === n,
+    String(n),
+    WAIT,
+  );
 }
 
 test("two pages chat, both come back after a restart, and the page looks right", async (t) => {
@@ -148,12 +153,23 @@ test("two pages chat, both come back after a restart, and the page looks right",
   const upAt = Date.now();
 
   const times = [];
-  for (const [name, page] of [["A", a], ["B", b]]) {
-    await page.waitForFunction(() => window.__events.some((e) => e.type === "reconnected"), null, WAIT);
+  for (const [name, page] of [
+    ["A", a],
+    ["B", b],
+  ]) {
+    await page.waitForFunction(
+      () => window.__events.some((e) => e.type === "reconnected"),
+      null,
+      WAIT,
+    );
     const events = await page.evaluate(() => window.__events);
     const back = events.find((e) => e.type === "reconnected");
     const tries = events.filter((e) => e.type === "reconnecting");
-    assert.equal(tries[0].detail.reason, "server_shutdown", `${name}: first retry is the urgent one`);
+    assert.equal(
+      tries[0].detail.reason,
+      "server_shutdown",
+      `${name}: first retry is the urgent one`,
+    );
     assert.ok(tries[0].detail.delay < 1000, `${name}: urgent delay ${tries[0].detail.delay} ms`);
     assert.ok(tries.length >= 2, `${name}: attempts failed while the server was down`);
     assert.equal(back.detail.roomId, room);
@@ -183,6 +199,8 @@ test("two pages chat, both come back after a restart, and the page looks right",
         `the new server was listening, attempt ${r.attempts}, delays ${r.delays.join("/")} ms`,
     );
   }
-  console.log(`# screenshots: ${path.relative(process.cwd(), SHOTS)}/chat.png, chat-reconnecting.png`);
+  console.log(
+    `# screenshots: ${path.relative(process.cwd(), SHOTS)}/chat.png, chat-reconnecting.png`,
+  );
   assert.deepEqual(problems, []);
 });

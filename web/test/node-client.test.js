@@ -9,19 +9,13 @@ import { readFile } from "node:fs/promises";
 import WebSocket from "ws";
 
 import { CLOSE_HEARTBEAT_TIMEOUT, RoomcastClient } from "../client.js";
-import {
-  BINARY,
-  Recorder,
-  serverTextFrame,
-  sleep,
-  startProxy,
-  startServer,
-} from "./support.js";
+import { BINARY, Recorder, serverTextFrame, sleep, startProxy, startServer } from "./support.js";
 
 // ROOMCAST_TEST_WEBSOCKET=global runs these tests with Node's own
 // WebSocket (Node 22, or Node 20 with --experimental-websocket) instead of
 // the `ws` package's.
-const WS_CLASS = process.env.ROOMCAST_TEST_WEBSOCKET === "global" ? globalThis.WebSocket : WebSocket;
+const WS_CLASS =
+  process.env.ROOMCAST_TEST_WEBSOCKET === "global" ? globalThis.WebSocket : WebSocket;
 if (typeof WS_CLASS !== "function") throw new Error("this Node.js has no global WebSocket");
 console.log(`# WebSocket class: ${WS_CLASS === WebSocket ? "ws package" : "Node's own"}`);
 
@@ -106,7 +100,15 @@ test("after a restart the client rejoins and sends what was queued, oldest dropp
   }
   const arrived = a.rec.of("message").map((e) => [e.detail.text, e.detail.clientId]);
   const id = a.client.clientId;
-  assert.deepEqual(arrived, [["m3", id], ["m4", id], ["m5", id]], "once each, in order");
+  assert.deepEqual(
+    arrived,
+    [
+      ["m3", id],
+      ["m4", id],
+      ["m5", id],
+    ],
+    "once each, in order",
+  );
   // Order of events on the way back: open, connected, joined, reconnected.
   const order = a.rec.events
     .slice(stopping)

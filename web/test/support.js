@@ -93,9 +93,22 @@ export class Recorder {
 
   constructor(client) {
     const types = [
-      "open", "connected", "joined", "left", "user_joined", "user_left", "message", "echo",
-      "error", "server_shutdown", "reconnect", "unknown", "reconnecting", "reconnected",
-      "dropped", "close",
+      "open",
+      "connected",
+      "joined",
+      "left",
+      "user_joined",
+      "user_left",
+      "message",
+      "echo",
+      "error",
+      "server_shutdown",
+      "reconnect",
+      "unknown",
+      "reconnecting",
+      "reconnected",
+      "dropped",
+      "close",
     ];
     for (const type of types) {
       client.on(type, (detail) => {

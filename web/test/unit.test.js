@@ -27,10 +27,22 @@ test("defaults: 500 ms base, 30 s cap, no retry limit", () => {
 });
 
 test("full jitter: the delay is random() times the ceiling", () => {
-  assert.equal(backoffDelay(1, 500, 30000, () => 0), 0);
-  assert.equal(backoffDelay(3, 500, 30000, () => 0.5), 1000);
-  assert.equal(backoffDelay(4, 500, 30000, () => 0.25), 1000);
-  assert.equal(backoffDelay(20, 500, 30000, () => 0.5), 15000);
+  assert.equal(
+    backoffDelay(1, 500, 30000, () => 0),
+    0,
+  );
+  assert.equal(
+    backoffDelay(3, 500, 30000, () => 0.5),
+    1000,
+  );
+  assert.equal(
+    backoffDelay(4, 500, 30000, () => 0.25),
+    1000,
+  );
+  assert.equal(
+    backoffDelay(20, 500, 30000, () => 0.5),
+    15000,
+  );
 });
 
 test("jitter covers the whole range evenly (seeded generator)", () => {
@@ -91,7 +103,10 @@ test("the queue stays bounded over many pushes", () => {
   for (let i = 0; i < 100000; i++) if (q.push(i) !== undefined) dropped += 1;
   assert.equal(q.length, 100);
   assert.equal(dropped, 100000 - 100);
-  assert.deepEqual(q.drain(), Array.from({ length: 100 }, (_, i) => 99900 + i));
+  assert.deepEqual(
+    q.drain(),
+    Array.from({ length: 100 }, (_, i) => 99900 + i),
+  );
 });
 
 test("sends while disconnected are queued up to maxQueue, oldest dropped with an event", async () => {
