@@ -80,6 +80,8 @@ async function members(page, n) {
   );
 }
 
+// Playwright adds --headless and a new temporary --user-data-dir, removed
+// when the browser closes.
 test("two pages chat, both come back after a restart, and the page looks right", async (t) => {
   let server = await startServer();
   t.after(() => server.kill());
@@ -146,6 +148,21 @@ test("two pages chat, both come back after a restart, and the page looks right",
     );
   }
   await a.waitForSelector('#status[data-state="waiting"]', WAIT);
+  // Typed while the server is down: queued, and sent after the rejoin.
+  for (const [name, page] of [
+    ["A", a],
+    ["B", b],
+  ]) {
+    await send(page, `${name}, typed while offline`);
+    await page.waitForFunction(
+      (t) =>
+        [...document.querySelectorAll("#messages li.note")].some((e) =>
+          e.textContent.endsWith(`queued until reconnected: ${t}`),
+        ),
+      `${name}, typed while offline`,
+      WAIT,
+    );
+  }
   await mkdir(SHOTS, { recursive: true });
   await a.screenshot({ path: path.join(SHOTS, "chat-reconnecting.png") });
   await sleep(2500);
@@ -175,6 +192,7 @@ test("two pages chat, both come back after a restart, and the page looks right",
     assert.equal(back.detail.roomId, room);
     times.push({
       name,
+      at: back.at,
       sinceStop: back.at - stoppedAt,
       sinceUp: back.at - upAt,
       attempts: back.detail.attempt,
@@ -185,6 +203,13 @@ test("two pages chat, both come back after a restart, and the page looks right",
     await page.waitForSelector('#status[data-state="ready"]', WAIT);
     await members(page, 2);
   }
+  // A room keeps no history: each page's queued message reaches the room
+  // when that page is back, so the page back first sees both, the other
+  // its own.
+  const [first, last] = times[0].at <= times[1].at ? [a, b] : [b, a];
+  await message(first, "A, typed while offline");
+  await message(first, "B, typed while offline");
+  await message(last, `${last === a ? "A" : "B"}, typed while offline`);
   await send(a, "A again, after the restart");
   await send(b, "B again, after the restart");
   for (const page of [a, b]) {
