@@ -9,6 +9,9 @@
 //! no-cache`: browsers keep a copy but ask each time whether it is still
 //! current, which costs a 304 and no body, and a new release is picked up
 //! at the next load. `HEAD` is answered like `GET` without the body.
+//!
+//! LIMITATION: no compression; a first load of the chat page moves about
+//! 30 KiB (page and client) where gzip would move about 10 KiB.
 
 use crate::http::{self, Request};
 
