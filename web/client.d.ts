@@ -1,12 +1,16 @@
 // Typings for roomcast's client, served at /client.d.ts beside /client.js.
 
-/** What the client needs of a WebSocket class: the browser's, Node's or `ws`'s. */
+/**
+ * What the client needs of a WebSocket: the browser's, Node's or `ws`'s.
+ * The handlers take `any` so that each of those, with its own event types,
+ * fits.
+ */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code?: number; reason?: string; wasClean?: boolean }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: any) => void) | null;
+  onclose: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }

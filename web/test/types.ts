@@ -10,6 +10,7 @@ import {
   type ChatMessage,
   type ClientState,
 } from "../client.js";
+import WS from "ws";
 
 const client = new RoomcastClient("ws://localhost:8080/", {
   room: "lobby",
@@ -57,3 +58,8 @@ client.on("message", (m) => m.attempt);
 new RoomcastClient("ws://x/", { retries: 3 });
 
 client.close();
+
+// The browser's WebSocket class fits the option.
+new RoomcastClient("ws://x/", { WebSocket: globalThis.WebSocket }).close();
+// And so does the `ws` package's, for Node.js 20.
+new RoomcastClient("ws://x/", { WebSocket: WS }).close();
