@@ -129,8 +129,8 @@ ensure_chromium() {
     "$CHROMIUM_BIN" --version
 }
 
-# The packages pinned in web/package-lock.json (ws, playwright-core,
-# typescript), installed into web/node_modules.
+# The packages pinned in web/package-lock.json (ws and its types,
+# playwright-core, typescript), installed into web/node_modules.
 ensure_npm_packages() {
     section "npm ci (web/)"
     (cd "$WEB_DIR" && npm ci --no-audit --no-fund)
