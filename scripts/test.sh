@@ -4,17 +4,21 @@
 #   scripts/test.sh
 #
 # Works on a fresh Debian/Ubuntu machine with a Rust toolchain and Node.js
-# 20+: it sets up what else it needs (a Python venv with kosoku under
-# target/venv, Debian's chromium, the npm packages of web/) and then runs,
+# 20+: it sets up what else it needs (a Python venv with kosoku and
+# websockets under target/venv, binutils' readelf, glibc's static libraries,
+# Debian's chromium, the npm packages of web/) and then runs,
 # stopping at the first failure:
 #
 #   1. cargo fmt --check
 #   2. cargo clippy (all targets, warnings are errors)
 #   3. the Rust tests (cargo nextest if installed, else cargo test) + doctests
-#   4. cargo build --release
-#   5. the client's tests: unit (node --test), typings (tsc), Node.js against
-#      the release binary, and the chat page in headless Chromium
-#   6. the Autobahn conformance cases 1-10 against the release binary
+#   4. the static release build (scripts/build-static.sh), the one the
+#      Dockerfile ships
+#   5. scripts/empty_root.py: that binary is static and serves a chat
+#      session from an empty root directory, as in a FROM scratch image
+#   6. the browser client's tests against that binary: unit (node --test),
+#      typings (tsc), Node.js, and the chat page in headless Chromium
+#   7. the Autobahn conformance cases 1-10 against that binary
 #
 # Setup steps are `ensure_*` functions so new prerequisites (a redis server,
 # chromium, ...) can be added next to ensure_python_venv and called from main.
@@ -25,6 +29,7 @@ REPO_ROOT=$(pwd)
 
 VENV_DIR="$REPO_ROOT/target/venv"
 KOSOKU_VERSION="0.1.0"
+WEBSOCKETS_VERSION="15.0.1"
 WEB_DIR="$REPO_ROOT/web"
 CHROMIUM_BIN="/usr/bin/chromium"
 
@@ -70,14 +75,16 @@ apt_install() {
 # ---------------------------------------------------------------- setup
 
 # A venv under target/ (gitignored, removed by `cargo clean`) holding kosoku,
-# the Autobahn fuzzing client used by scripts/autobahn.py.
+# the Autobahn fuzzing client used by scripts/autobahn.py, and websockets, the
+# client scripts/empty_root.py chats with.
 ensure_python_venv() {
-    section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION)"
+    section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION, websockets==$WEBSOCKETS_VERSION)"
     local py="$VENV_DIR/bin/python"
 
     if [ -x "$py" ] && "$py" -c 'import sys; from importlib.metadata import version
-sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
-        echo "kosoku $KOSOKU_VERSION already installed"
+sys.exit(version("kosoku") != sys.argv[1] or version("websockets") != sys.argv[2])' \
+        "$KOSOKU_VERSION" "$WEBSOCKETS_VERSION" 2>/dev/null; then
+        echo "kosoku $KOSOKU_VERSION and websockets $WEBSOCKETS_VERSION already installed"
         return 0
     fi
 
@@ -100,8 +107,25 @@ sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
             }
         fi
     fi
-    "$py" -m pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
-    echo "installed kosoku $KOSOKU_VERSION"
+    "$py" -m pip install --quiet --disable-pip-version-check \
+        "kosoku==$KOSOKU_VERSION" "websockets==$WEBSOCKETS_VERSION"
+    echo "installed kosoku $KOSOKU_VERSION and websockets $WEBSOCKETS_VERSION"
+}
+
+# What the static build and its check need: glibc's static libraries
+# (libc6-dev), readelf (binutils), ldd (libc-bin) and chroot (coreutils).
+ensure_static_toolchain() {
+    section "static build tools"
+    local missing=()
+    command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+    # gcc prints the bare name back when it has no such file.
+    local libc_a
+    libc_a=$(cc -print-file-name=libc.a 2>/dev/null || echo libc.a)
+    [ "$libc_a" != "libc.a" ] || missing+=(libc6-dev)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+    echo "readelf: $(command -v readelf); libc.a: $(cc -print-file-name=libc.a)"
 }
 
 node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
@@ -138,8 +162,9 @@ ensure_npm_packages() {
 
 # ---------------------------------------------------------------- checks
 
+# The client's tests against the binary at $1 (an absolute path).
 run_client_tests() {
-    local bin="$REPO_ROOT/target/release/roomcast"
+    local bin="$1"
     cd "$WEB_DIR"
 
     section "client unit tests (node --test)"
@@ -148,10 +173,10 @@ run_client_tests() {
     section "client typings (tsc)"
     node_modules/.bin/tsc -p test/tsconfig.json
 
-    section "client in Node.js against target/release/roomcast (ws package)"
+    section "client in Node.js against the release binary (ws package)"
     ROOMCAST_BIN="$bin" node --test test/node-client.test.js
 
-    section "client in Node.js against target/release/roomcast (Node's WebSocket)"
+    section "client in Node.js against the release binary (Node's WebSocket)"
     local flags=()
     # Node 22 has a global WebSocket; Node 20 needs the flag.
     if [ "$(node_major)" -lt 22 ]; then
@@ -160,7 +185,7 @@ run_client_tests() {
     ROOMCAST_BIN="$bin" ROOMCAST_TEST_WEBSOCKET=global \
         node "${flags[@]}" --test test/node-client.test.js
 
-    section "chat page in headless Chromium against target/release/roomcast"
+    section "chat page in headless Chromium against the release binary"
     ROOMCAST_BIN="$bin" CHROMIUM_BIN="$CHROMIUM_BIN" node --test test/browser.test.js
     echo "screenshots: target/browser/chat.png, target/browser/chat-reconnecting.png"
 
@@ -186,6 +211,7 @@ run_rust_tests() {
 
 main() {
     ensure_python_venv
+    ensure_static_toolchain
     ensure_node
     ensure_chromium
     ensure_npm_packages
@@ -198,15 +224,19 @@ main() {
 
     run_rust_tests
 
-    section "cargo build --release"
-    cargo build --release
+    section "static release build (scripts/build-static.sh)"
+    local binary
+    binary=$(scripts/build-static.sh | tail -n 1)
 
-    run_client_tests
+    section "empty root ($binary)"
+    "$VENV_DIR/bin/python" scripts/empty_root.py --binary "$binary"
 
-    section "autobahn (cases 1-10 against target/release/roomcast)"
+    run_client_tests "$REPO_ROOT/$binary"
+
+    section "autobahn (cases 1-10 against $binary)"
     # Keep this last: its final line (`autobahn: N passed, M failed`) should
     # close the output.
-    "$VENV_DIR/bin/python" scripts/autobahn.py --binary target/release/roomcast
+    "$VENV_DIR/bin/python" scripts/autobahn.py --binary "$binary"
 }
 
 main "$@"
