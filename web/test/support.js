@@ -3,15 +3,31 @@
 
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { statSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-/** The binary under test: $ROOMCAST_BIN, else the release build. */
+/**
+ * The binary under test: $ROOMCAST_BIN, else the newer of the static
+ * release build (what scripts/test.sh builds) and a plain release build.
+ */
 export const BINARY =
-  process.env.ROOMCAST_BIN ?? path.resolve(here, "../../target/release/roomcast");
+  process.env.ROOMCAST_BIN ??
+  newest([
+    path.resolve(here, "../../target/x86_64-unknown-linux-gnu/release/roomcast"),
+    path.resolve(here, "../../target/release/roomcast"),
+  ]);
+
+function newest(paths) {
+  const found = paths
+    .map((p) => ({ p, mtime: statSync(p, { throwIfNoEntry: false })?.mtimeMs }))
+    .filter((f) => f.mtime !== undefined)
+    .sort((a, b) => b.mtime - a.mtime);
+  return found[0]?.p ?? paths[0];
+}
 
 /**
  * Starts roomcast on 127.0.0.1 and resolves once it logs `listening`.
@@ -149,7 +165,6 @@ export class Recorder {
  * A TCP proxy from a free loopback port to `target`. `freeze()` makes every
  * current connection a black hole (bytes are swallowed, nothing is closed),
  * as a dead network path looks; new connections pass normally.
- * `inject(bytes)` writes bytes to every client as if the server sent them.
  */
 export async function startProxy(targetPort) {
   const pairs = new Set();
@@ -179,9 +194,6 @@ export async function startProxy(targetPort) {
     freeze() {
       for (const p of pairs) p.frozen = true;
     },
-    inject(bytes) {
-      for (const p of pairs) if (!p.frozen) p.client.write(bytes);
-    },
     async close() {
       for (const p of pairs) {
         p.client.destroy();
@@ -191,13 +203,6 @@ export async function startProxy(targetPort) {
       await once(server, "close");
     },
   };
-}
-
-/** An unmasked server-to-client text frame (RFC 6455 5.2) of `text`. */
-export function serverTextFrame(text) {
-  const payload = Buffer.from(text, "utf8");
-  if (payload.length > 125) throw new Error("test frames stay short");
-  return Buffer.concat([Buffer.from([0x81, payload.length]), payload]);
 }
 
 /** A loopback port nothing listens on (bound, then released). */
