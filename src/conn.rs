@@ -18,6 +18,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use crate::assets;
 use crate::auth::Identity;
 use crate::chat::{Chat, Member, Outbox, RoomLimits};
 use crate::clock::{self, IdRng};
@@ -828,6 +829,10 @@ impl<S: Transport> Engine<S> {
                 });
                 self.linger(key, now);
             }
+            Decision::Asset(reply) => {
+                conn.out.push_with(|v| reply.write(v));
+                self.linger(key, now);
+            }
             Decision::Upgrade {
                 route,
                 upgrade,
@@ -1110,6 +1115,7 @@ enum Decision {
         body: String,
     },
     Metrics,
+    Asset(assets::Reply),
     Upgrade {
         route: Route,
         upgrade: http::Upgrade,
@@ -1166,8 +1172,9 @@ fn admit(
 
 const JSON: &str = "application/json";
 
-/// Routes a request: WebSocket upgrades by path, plain GETs to the health
-/// report, the probes, or 404.
+/// Routes a request: WebSocket upgrades by path, plain requests for the
+/// embedded client files to [`assets`], plain GETs to the health report,
+/// the probes, or 404.
 fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
     if req.wants_websocket() {
         return match http::check_upgrade(req) {
@@ -1195,6 +1202,9 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
             }
             Err(e) => Decision::Refuse(e),
         };
+    }
+    if let Some(reply) = assets::route(req) {
+        return Decision::Asset(reply);
     }
     if req.method != "GET" {
         return Decision::Refuse(HttpError::MethodNotAllowed);

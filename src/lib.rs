@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod assets;
 pub mod auth;
 pub mod chat;
 pub mod clock;
