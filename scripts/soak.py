@@ -503,10 +503,13 @@ async def one_round(args, server, c, mix, baseline_fds):
 
     duration = args.duration / args.rounds
     peak_conns = 0
+    scrape_secs = []
     t_go = time.monotonic()
     while time.monotonic() - t_go < duration:
         await asyncio.sleep(1)
+        t = time.monotonic()
         m = await scrape(addr)
+        scrape_secs.append(time.monotonic() - t)
         peak_conns = max(peak_conns, m["roomcast_connections"])
     log(f"traffic for {duration:.0f}s; peak connections {peak_conns:.0f}; stopping")
     stop.set()
@@ -542,7 +545,7 @@ async def one_round(args, server, c, mix, baseline_fds):
     return {
         "metrics": m, "expected": expected, "lost": lost, "disorder": disorder,
         "peak_conns": peak_conns, "fds": fds, "rss": server.status("VmRSS"),
-        "upgrades": c.upgrades - upgrades_before,
+        "upgrades": c.upgrades - upgrades_before, "scrape_secs": scrape_secs,
     }
 
 
@@ -622,6 +625,11 @@ def check(args, server, result):
         f"(bound {args.rss_bound_mib} MiB), after each round {rss_after} MiB "
         f"(growth {growth / 1024:.0f} KiB over {rounds[-1]['upgrades']} WebSockets in the "
         f"last round)")
+    scrapes = sorted(t for r in rounds for t in r["scrape_secs"])
+    if scrapes:
+        log(f"scrapes under load (one a second): {len(scrapes)}, median "
+            f"{scrapes[len(scrapes) // 2] * 1000:.1f} ms, slowest {scrapes[-1] * 1000:.1f} ms "
+            "(round trip from this busy client)")
     fds_after = ", ".join(str(r["fds"]) for r in rounds)
     log(f"server fds: before {before['fds']}, after each round {fds_after}")
     buckets = sorted(
