@@ -10,6 +10,8 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::backplane::wire::{self, Body};
+use crate::backplane::{Backplane, Event, RemoteCounts};
 use crate::clock::{ClientId, IdRng, Timestamp};
 use crate::frame::{encode_header, OpCode};
 use crate::rooms::{Membership, Rooms};
@@ -104,6 +106,10 @@ pub struct Chat {
     scratch: Vec<u8>,
     /// Set during shutdown: leaving rooms then notifies nobody.
     quiet: bool,
+    /// Rooms shared with other instances, when configured.
+    backplane: Option<Backplane>,
+    /// The other instances' member counts, per room.
+    remote: RemoteCounts,
 }
 
 /// Room space left before the JSON for the longest frame header.
@@ -118,6 +124,47 @@ impl Chat {
             rng: IdRng::new(),
             scratch: Vec::with_capacity(4096),
             quiet: false,
+            backplane: None,
+            remote: RemoteCounts::new(),
+        }
+    }
+
+    /// Shares rooms with other instances through `backplane` from now on.
+    pub fn attach_backplane(&mut self, backplane: Backplane) {
+        self.backplane = Some(backplane);
+    }
+
+    /// `Some("connected")` or `Some("degraded")` with a backplane, `None`
+    /// without one.
+    pub fn backplane_status(&self) -> Option<&'static str> {
+        let backplane = self.backplane.as_ref()?;
+        Some(if backplane.is_connected() {
+            "connected"
+        } else {
+            "degraded"
+        })
+    }
+
+    /// Handles up to `max` events from the backplane. Returns true when
+    /// more are waiting.
+    pub fn pump_backplane(&mut self, out: &mut impl Outbox, max: usize) -> bool {
+        let Some(backplane) = &self.backplane else {
+            return false;
+        };
+        backplane.rearm();
+        for _ in 0..max {
+            let Some(event) = self.backplane.as_ref().and_then(Backplane::next_event) else {
+                return false;
+            };
+            self.on_remote(out, event);
+        }
+        true
+    }
+
+    /// Deregisters from the backplane, if any, waiting at most `timeout`.
+    pub fn stop_backplane(&mut self, timeout: std::time::Duration) {
+        if let Some(backplane) = self.backplane.take() {
+            backplane.stop(timeout);
         }
     }
 
@@ -214,7 +261,7 @@ impl Chat {
         let client_id = member.client_id;
         let current = member.membership.and_then(|m| self.rooms.get(m.room));
         if let Some(room) = current.filter(|r| *r.name == *name) {
-            let user_count = room.members.len();
+            let user_count = room.members.len() + self.remote.total(&name);
             let msg = Outgoing::Joined {
                 room_id: &name,
                 user_count,
@@ -229,7 +276,10 @@ impl Chat {
             member.membership = Some(at);
         }
         let room = self.rooms.get(at.room).expect("just joined");
-        let user_count = room.members.len();
+        if let Some(backplane) = &self.backplane {
+            backplane.joined(&name, client_id, room.members.len());
+        }
+        let user_count = room.members.len() + self.remote.total(&name);
         let joined = Outgoing::Joined {
             room_id: &name,
             user_count,
@@ -273,6 +323,9 @@ impl Chat {
         for &member in &room.members {
             out.send_shared(member, &frame);
         }
+        if let Some(backplane) = &self.backplane {
+            backplane.publish(&room.name, &self.scratch[HEADER_ROOM..]);
+        }
     }
 
     fn leave(&mut self, out: &mut impl Outbox, who: Key) {
@@ -299,6 +352,10 @@ impl Chat {
             return;
         };
         let client_id = member.client_id;
+        if let (Some(backplane), Some(room)) = (&self.backplane, self.rooms.get(at.room)) {
+            // Told even at shutdown: the other instances' members stay.
+            backplane.left(&room.name, client_id, room.members.len() - 1);
+        }
         let left = self.rooms.leave(at);
         if let Some((moved, position)) = left.moved {
             if let Some(m) = out.member(moved).and_then(|m| m.membership.as_mut()) {
@@ -315,7 +372,92 @@ impl Chat {
         let notice = Outgoing::UserLeft {
             client_id,
             room_id: &room.name,
-            user_count: left.remaining,
+            user_count: left.remaining + self.remote.total(&room.name),
+        };
+        let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
+        for &member in &room.members {
+            out.send_shared(member, &frame);
+        }
+    }
+
+    /// Handles news from another instance.
+    fn on_remote(&mut self, out: &mut impl Outbox, event: Event) {
+        match event {
+            Event::Room { room, payload } => {
+                let Some(envelope) = wire::decode(&payload) else {
+                    return;
+                };
+                match envelope.body {
+                    Body::Message(json) => self.remote_message(out, &room, json),
+                    Body::Joined { client, count } => {
+                        self.remote.set(&room, envelope.origin, count);
+                        self.remote_presence(out, &room, client, true);
+                    }
+                    Body::Left { client, count } => {
+                        self.remote.set(&room, envelope.origin, count);
+                        self.remote_presence(out, &room, client, false);
+                    }
+                    Body::Sync(_) | Body::Gone(_) | Body::Heartbeat => {}
+                }
+            }
+            Event::Nodes { payload } => {
+                let Some(envelope) = wire::decode(&payload) else {
+                    return;
+                };
+                match envelope.body {
+                    Body::Sync(rooms) => self.remote.replace_node(envelope.origin, &rooms),
+                    Body::Gone(members) => {
+                        for (client, room) in &members {
+                            self.remote.decrement(room, envelope.origin);
+                            self.remote_presence(out, room, client, false);
+                        }
+                        self.remote.remove_node(envelope.origin);
+                    }
+                    Body::Message(_)
+                    | Body::Joined { .. }
+                    | Body::Left { .. }
+                    | Body::Heartbeat => {}
+                }
+            }
+            Event::Snapshot(table) => self.remote.replace_all(&table),
+        }
+    }
+
+    /// Frames a message from another instance once and queues it on every
+    /// local member of `room`, as a local broadcast is.
+    fn remote_message(&mut self, out: &mut impl Outbox, room: &str, json: &[u8]) {
+        let Some(room) = self.rooms.find(room).and_then(|k| self.rooms.get(k)) else {
+            return;
+        };
+        let frame: Rc<[u8]> = Rc::from(frame_json(&mut self.scratch, json));
+        for &member in &room.members {
+            out.send_shared(member, &frame);
+        }
+    }
+
+    /// Tells the local members of `room` that `client`, elsewhere, joined
+    /// or left, with the room's size across instances.
+    fn remote_presence(&mut self, out: &mut impl Outbox, room: &str, client: &str, joined: bool) {
+        let Some(room) = self.rooms.find(room).and_then(|k| self.rooms.get(k)) else {
+            return;
+        };
+        let Some(client_id) = ClientId::parse(client) else {
+            return;
+        };
+        let room_id = &*room.name;
+        let user_count = room.members.len() + self.remote.total(room_id);
+        let notice = if joined {
+            Outgoing::UserJoined {
+                client_id,
+                room_id,
+                user_count,
+            }
+        } else {
+            Outgoing::UserLeft {
+                client_id,
+                room_id,
+                user_count,
+            }
         };
         let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
         for &member in &room.members {
@@ -344,11 +486,26 @@ impl Chat {
     }
 }
 
-/// Serialises `msg` and frames it as one text frame, in `scratch`.
+/// Serialises `msg` and frames it as one text frame, in `scratch`. The
+/// JSON alone is left at `scratch[HEADER_ROOM..]`.
 fn encode<'s>(scratch: &'s mut Vec<u8>, msg: &Outgoing<'_>) -> &'s [u8] {
     scratch.clear();
     scratch.resize(HEADER_ROOM, 0);
     serde_json::to_writer(&mut *scratch, msg).expect("serialising to a Vec cannot fail");
+    frame_scratch(scratch)
+}
+
+/// Frames JSON serialised elsewhere as one text frame, in `scratch`.
+fn frame_json<'s>(scratch: &'s mut Vec<u8>, json: &[u8]) -> &'s [u8] {
+    scratch.clear();
+    scratch.resize(HEADER_ROOM, 0);
+    scratch.extend_from_slice(json);
+    frame_scratch(scratch)
+}
+
+/// Writes the header for the JSON at `scratch[HEADER_ROOM..]` just before
+/// it and returns the frame.
+fn frame_scratch(scratch: &mut [u8]) -> &[u8] {
     let len = scratch.len() - HEADER_ROOM;
     let mut header = [0u8; 10];
     let n = encode_header(&mut header, true, OpCode::Text, len);

@@ -249,6 +249,17 @@ impl<S: Transport> Engine<S> {
         &self.chat
     }
 
+    /// The chat app, mutably (the shell attaches and stops the backplane).
+    pub fn chat_mut(&mut self) -> &mut Chat {
+        &mut self.chat
+    }
+
+    /// Hands up to `max` backplane events to the app. Returns true when
+    /// more are waiting.
+    pub fn pump_backplane(&mut self, max: usize) -> bool {
+        self.chat.pump_backplane(&mut self.table, max)
+    }
+
     /// The peer at `key`.
     pub fn peer(&self, key: Key) -> Option<&Peer<S>> {
         self.table.peers.get(key)
@@ -486,6 +497,7 @@ impl<S: Transport> Engine<S> {
     fn on_request_bytes(&mut self, key: Key, input: &mut [u8], now: u64) {
         let open = self.table.open;
         let rooms = self.chat.rooms().len();
+        let backplane = self.chat.backplane_status();
         let Some(peer) = self.table.peers.get_mut(key) else {
             return;
         };
@@ -504,7 +516,15 @@ impl<S: Transport> Engine<S> {
             match parsed {
                 Ok(None) => None,
                 Ok(Some((req, used))) => {
-                    Some((decide(&req, open, rooms, now, &self.instance_id), used))
+                    let health = Health {
+                        status: "healthy",
+                        connected_clients: open,
+                        instance: &self.instance_id,
+                        rooms,
+                        uptime_seconds: now / 1000,
+                        backplane,
+                    };
+                    Some((decide(&req, &health), used))
                 }
                 Err(e) => Some((Decision::Refuse(e), 0)),
             }
@@ -733,6 +753,9 @@ struct Health<'a> {
     instance: &'a str,
     rooms: usize,
     uptime_seconds: u64,
+    /// `connected` or `degraded`; absent when running alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backplane: Option<&'a str>,
 }
 
 /// How a complete request is answered.
@@ -750,13 +773,7 @@ enum Decision {
 
 /// Routes a request: WebSocket upgrades by path, plain GETs to the health
 /// report or 404.
-fn decide(
-    req: &http::Request<'_>,
-    open: usize,
-    rooms: usize,
-    now: u64,
-    instance: &str,
-) -> Decision {
+fn decide(req: &http::Request<'_>, health: &Health<'_>) -> Decision {
     if req.wants_websocket() {
         return match http::check_upgrade(req) {
             Ok(upgrade) => {
@@ -776,14 +793,7 @@ fn decide(
     if req.path != "/" {
         return Decision::Refuse(HttpError::NotFound);
     }
-    let body = serde_json::to_string(&Health {
-        status: "healthy",
-        connected_clients: open,
-        instance,
-        rooms,
-        uptime_seconds: now / 1000,
-    })
-    .expect("the health report serialises");
+    let body = serde_json::to_string(health).expect("the health report serialises");
     Decision::Respond { status: 200, body }
 }
 

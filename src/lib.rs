@@ -4,11 +4,13 @@
 //! owns the poller, sockets, signals and clock; the connection layer
 //! (`conn`, `outq`) runs each peer's state machine; the protocol layer
 //! (`http`, `frame`, `mask`, `utf8`, `close`) parses and encodes bytes and
-//! nothing else; the app (`chat`, `rooms`) speaks the JSON chat protocol.
+//! nothing else; the app (`chat`, `rooms`) speaks the JSON chat protocol;
+//! the `backplane` shares rooms between instances through Redis.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod backplane;
 pub mod chat;
 pub mod clock;
 pub mod close;
