@@ -214,6 +214,8 @@ impl<'a> Publisher<'a> {
     fn serve(&mut self, con: &mut Connection, commands: &Receiver<Command>) -> End {
         let beat = self.ctx.beat();
         let mut next_beat = Instant::now() + beat;
+        let losses = &self.ctx.shared.subscriber_losses;
+        let mut seen_losses = losses.load(Ordering::SeqCst);
         loop {
             let wait = next_beat.saturating_duration_since(Instant::now());
             let mut stop = None;
@@ -221,11 +223,14 @@ impl<'a> Publisher<'a> {
                 Ok(command) => {
                     self.pipe.clear();
                     let mut next = Some(command);
-                    let mut n = 0;
+                    let (mut n, mut messages) = (0, 0);
                     while let Some(command) = next.take() {
                         if let Command::Stop(done) = command {
                             stop = Some(done);
                             break;
+                        }
+                        if let Command::Publish { .. } = command {
+                            messages += 1;
                         }
                         self.add(&command);
                         n += 1;
@@ -233,7 +238,37 @@ impl<'a> Publisher<'a> {
                             next = commands.try_recv().ok();
                         }
                     }
+                    // When the subscriber lost Redis, this connection most
+                    // likely died with it, and a write on a dead socket can
+                    // seem to succeed: reconnect before writing.
+                    if losses.load(Ordering::SeqCst) != seen_losses {
+                        seen_losses = losses.load(Ordering::SeqCst);
+                        match self.ctx.connect() {
+                            Ok(fresh) => *con = fresh,
+                            Err(e) => {
+                                self.ctx
+                                    .shared
+                                    .dropped
+                                    .fetch_add(messages, Ordering::Relaxed);
+                                return End::Lost(e);
+                            }
+                        }
+                        if let Err(e) = self.register(con) {
+                            self.ctx
+                                .shared
+                                .dropped
+                                .fetch_add(messages, Ordering::Relaxed);
+                            return End::Lost(e);
+                        }
+                    }
+                    // LIMITATION: a batch whose write fails is dropped, not
+                    // retried: Redis may have run part of it, and a retry
+                    // could deliver messages twice.
                     if let Err(e) = self.pipe.exec(con) {
+                        self.ctx
+                            .shared
+                            .dropped
+                            .fetch_add(messages, Ordering::Relaxed);
                         return End::Lost(e);
                     }
                 }
@@ -510,6 +545,7 @@ fn subscribe(ctx: &Context, events: &Sender<Event>, waker: &mio::Waker) {
             Ok(()) => return,
             Err(e) => {
                 ctx.shared.subscriber_up.store(false, Ordering::Relaxed);
+                ctx.shared.subscriber_losses.fetch_add(1, Ordering::SeqCst);
                 report_down("subscriber", &mut up, &mut first, &e);
             }
         }

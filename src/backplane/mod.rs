@@ -100,6 +100,9 @@ struct Shared {
     queued: AtomicUsize,
     /// Messages dropped since the last report.
     dropped: AtomicU64,
+    /// Subscriber sessions lost so far: the publisher reconnects when this
+    /// moves, as its own connection most likely died too.
+    subscriber_losses: AtomicU64,
 }
 
 /// Settings for [`Backplane::start`].
@@ -138,6 +141,7 @@ impl Backplane {
             wake_pending: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            subscriber_losses: AtomicU64::new(0),
         });
         let (commands, command_rx) = mpsc::channel();
         let (event_tx, events) = mpsc::channel();

@@ -37,6 +37,8 @@ const SERVER_ENV: &[&str] = &[
     "CLOSE_TIMEOUT",
     "DRAIN_TIMEOUT",
     "LOG_LEVEL",
+    "REDIS_URL",
+    "PRESENCE_EXPIRY",
 ];
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
