@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # Works on a fresh Debian/Ubuntu machine with a Rust toolchain: it sets up
-# what else it needs (a Python venv with kosoku under target/venv) and then
+# what else it needs (a Python venv with kosoku under target/venv,
+# redis-server from apt) and then
 # runs, stopping at the first failure:
 #
 #   1. cargo fmt --check
@@ -13,8 +14,8 @@
 #   4. cargo build --release
 #   5. the Autobahn conformance cases 1-10 against the release binary
 #
-# Setup steps are `ensure_*` functions so new prerequisites (a redis server,
-# chromium, ...) can be added next to ensure_python_venv and called from main.
+# Setup steps are `ensure_*` functions (ensure_python_venv,
+# ensure_redis_server, ...) called from main.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -99,6 +100,20 @@ sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
     echo "installed kosoku $KOSOKU_VERSION"
 }
 
+# redis-server, which the backplane tests (tests/backplane.rs) start on free
+# ports. Those tests fail without it; they are never skipped in CI.
+ensure_redis_server() {
+    section "redis-server"
+    if command -v redis-server >/dev/null 2>&1; then
+        redis-server --version
+        return 0
+    fi
+    apt_install redis-server
+    # Debian's package may also start a system service on port 6379; the tests
+    # use their own servers and do not need it.
+    redis-server --version
+}
+
 # ---------------------------------------------------------------- checks
 
 run_rust_tests() {
@@ -120,6 +135,7 @@ run_rust_tests() {
 
 main() {
     ensure_python_venv
+    ensure_redis_server
 
     section "cargo fmt --check"
     cargo fmt --all -- --check

@@ -458,3 +458,51 @@ fn redis_absent_at_start_serves_locally_then_recovers() {
         expect_text(x, "across");
     }
 }
+
+#[test]
+fn a_stopped_instance_says_goodbye_at_once() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let servers = cluster(&redis, 2);
+    // A long expiry: the notices below cannot come from the reaper.
+    let mut leaving = ServerBuilder::new()
+        .args(&["--redis-url", &redis.url(), "--presence-expiry", "5m"])
+        .spawn();
+    leaving.wait_health("backplane", json!("connected"), SPREAD);
+    let mut a = Client::chat(&servers[0]);
+    let mut b = Client::chat(&servers[1]);
+    let mut z = Client::chat(&leaving);
+    a.join("bye");
+    b.join("bye");
+    z.join("bye");
+    assert_eq!(
+        expect_next(&mut a, "user_joined")["clientId"],
+        b.id.as_str()
+    );
+    assert_eq!(
+        expect_next(&mut a, "user_joined")["clientId"],
+        z.id.as_str()
+    );
+    wait_count(&mut b, "bye", 3);
+
+    let z_id = z.id.clone();
+    leaving.signal(libc::SIGTERM);
+    assert_eq!(
+        expect_next(&mut z, "server_shutdown")["type"],
+        "server_shutdown"
+    );
+    drop(z);
+    leaving.wait_exit(SPREAD).expect("exits after draining");
+    for x in [&mut a, &mut b] {
+        let notice = expect_next(x, "user_left");
+        assert_eq!(
+            notice,
+            json!({"type": "user_left", "clientId": z_id, "roomId": "bye", "userCount": 2})
+        );
+    }
+    wait_count(&mut a, "bye", 2);
+    let quiet = Instant::now() + Duration::from_millis(500);
+    assert_eq!(next_of(&mut a, "user_left", quiet), None, "told twice");
+}
