@@ -732,6 +732,93 @@ mod tests {
         );
     }
 
+    fn envelope(kind: u8, origin: &str, body: &str) -> Vec<u8> {
+        let mut v = Vec::new();
+        wire::encode(&mut v, kind, origin, body.as_bytes());
+        v
+    }
+
+    fn room_event(room: &str, payload: Vec<u8>) -> Event {
+        Event::Room {
+            room: room.into(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn news_from_other_instances_reaches_local_members_with_global_counts() {
+        use crate::backplane::wire::kind;
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        let b = connect(&mut chat, &mut t);
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        send(&mut chat, &mut t, b, json!({"type": "join", "roomId": "r"}));
+        take(&mut t, a);
+        take(&mut t, b);
+
+        let msg = r#"{"type":"message","clientId":"client-1-000000001","roomId":"r","text":"hi","timestamp":"2026-12-03T15:28:46.123Z"}"#;
+        chat.on_remote(&mut t, room_event("r", envelope(kind::MESSAGE, "n2", msg)));
+        let want: Value = serde_json::from_str(msg).unwrap();
+        assert_eq!(take(&mut t, a), vec![want.clone()]);
+        assert_eq!(take(&mut t, b), vec![want]);
+        // A room with no local members: nothing to do, nothing sent.
+        chat.on_remote(&mut t, room_event("q", envelope(kind::MESSAGE, "n2", msg)));
+        assert!(take(&mut t, a).is_empty());
+
+        let c1 = "client-1-000000001";
+        chat.on_remote(
+            &mut t,
+            room_event("r", envelope(kind::JOINED, "n2", &format!("1 {c1}"))),
+        );
+        assert_eq!(
+            take(&mut t, a),
+            vec![json!({"type":"user_joined","clientId":c1,"roomId":"r","userCount":3})]
+        );
+        let c = connect(&mut chat, &mut t);
+        send(&mut chat, &mut t, c, json!({"type": "join", "roomId": "r"}));
+        assert_eq!(take(&mut t, c)[1]["userCount"], 4);
+
+        // A node gone with two members: both announced, counts falling.
+        let sync = r#"[["r",2],["q",1]]"#;
+        chat.on_remote(
+            &mut t,
+            Event::Nodes {
+                payload: envelope(kind::SYNC, "n3", sync),
+            },
+        );
+        take(&mut t, a);
+        let gone =
+            r#"["client-2-000000002","r","client-3-000000003","r","client-4-000000004","q"]"#;
+        chat.on_remote(
+            &mut t,
+            Event::Nodes {
+                payload: envelope(kind::GONE, "n3", gone),
+            },
+        );
+        let got = take(&mut t, a);
+        let counts: Vec<&Value> = got.iter().map(|v| &v["userCount"]).collect();
+        assert_eq!(counts, [&json!(5), &json!(4)]);
+        assert_eq!(got[0]["clientId"], "client-2-000000002");
+
+        chat.on_remote(
+            &mut t,
+            room_event("r", envelope(kind::LEFT, "n2", &format!("0 {c1}"))),
+        );
+        assert_eq!(
+            take(&mut t, b).last(),
+            Some(&json!({"type":"user_left","clientId":c1,"roomId":"r","userCount":3}))
+        );
+        take(&mut t, a);
+        // A snapshot replaces what was known.
+        chat.on_remote(
+            &mut t,
+            Event::Snapshot(vec![("n9".into(), vec![("r".into(), 7)])]),
+        );
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        assert_eq!(take(&mut t, a)[0]["userCount"], 10);
+    }
+
     #[test]
     fn leaving_fixes_the_moved_members_position() {
         let mut chat = Chat::new("x");
