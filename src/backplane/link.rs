@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ impl Context {
 pub(super) fn spawn(
     ctx: Context,
     commands: Receiver<Command>,
-    events: Sender<Event>,
+    events: SyncSender<Event>,
     waker: mio::Waker,
 ) -> std::io::Result<()> {
     let ctx = Arc::new(ctx);
@@ -537,7 +537,7 @@ fn expiry_millis(d: Duration) -> u64 {
 }
 
 /// The subscriber: runs sessions until the loop is gone.
-fn subscribe(ctx: &Context, events: &Sender<Event>, waker: &mio::Waker) {
+fn subscribe(ctx: &Context, events: &SyncSender<Event>, waker: &mio::Waker) {
     let mut backoff = Backoff::new();
     let (mut up, mut first) = (false, true);
     loop {
@@ -555,7 +555,7 @@ fn subscribe(ctx: &Context, events: &Sender<Event>, waker: &mio::Waker) {
 
 /// Hands `event` to the loop, waking it unless a wake-up is pending.
 /// False when the loop is gone.
-fn deliver(ctx: &Context, events: &Sender<Event>, waker: &mio::Waker, event: Event) -> bool {
+fn deliver(ctx: &Context, events: &SyncSender<Event>, waker: &mio::Waker, event: Event) -> bool {
     if events.send(event).is_err() {
         return false;
     }
@@ -570,7 +570,7 @@ fn deliver(ctx: &Context, events: &Sender<Event>, waker: &mio::Waker, event: Eve
 /// what arrives until the connection fails. `Ok` when the loop is gone.
 fn subscription(
     ctx: &Context,
-    events: &Sender<Event>,
+    events: &SyncSender<Event>,
     waker: &mio::Waker,
     backoff: &mut Backoff,
     up: &mut bool,

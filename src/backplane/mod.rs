@@ -35,6 +35,14 @@ use crate::clock::{ClientId, IdRng};
 /// are always queued, as they are one per join or leave.
 pub const MAX_QUEUED_MESSAGES: usize = 65_536;
 
+/// Events the subscriber may have handed the loop and the loop not yet
+/// taken. When the loop falls this far behind, the subscriber stops
+/// reading, Redis buffers for it, and past Redis's own limit for
+/// subscribers (`client-output-buffer-limit pubsub`) drops the connection,
+/// which the subscriber then re-establishes: memory stays bounded here and
+/// the messages in between are lost.
+pub const MAX_QUEUED_EVENTS: usize = 65_536;
+
 /// What the loop asks of the publisher.
 #[derive(Debug)]
 pub enum Command {
@@ -144,7 +152,7 @@ impl Backplane {
             subscriber_losses: AtomicU64::new(0),
         });
         let (commands, command_rx) = mpsc::channel();
-        let (event_tx, events) = mpsc::channel();
+        let (event_tx, events) = mpsc::sync_channel(MAX_QUEUED_EVENTS);
         let ctx = link::Context {
             client,
             node: node.clone(),
