@@ -506,3 +506,23 @@ fn a_stopped_instance_says_goodbye_at_once() {
     let quiet = Instant::now() + Duration::from_millis(500);
     assert_eq!(next_of(&mut a, "user_left", quiet), None, "told twice");
 }
+
+#[test]
+fn a_malformed_redis_url_stops_the_start_with_a_reason() {
+    let (status, out, _) = run_binary(
+        &[
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--redis-url",
+            "not a url",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{out}");
+    assert!(
+        out.contains("cannot start") && out.contains("bad Redis URL"),
+        "{out}"
+    );
+}

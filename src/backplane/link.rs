@@ -264,12 +264,14 @@ impl<'a> Publisher<'a> {
                     // LIMITATION: a batch whose write fails is dropped, not
                     // retried: Redis may have run part of it, and a retry
                     // could deliver messages twice.
-                    if let Err(e) = self.pipe.exec(con) {
-                        self.ctx
-                            .shared
-                            .dropped
-                            .fetch_add(messages, Ordering::Relaxed);
-                        return End::Lost(e);
+                    if n > 0 {
+                        if let Err(e) = self.pipe.exec(con) {
+                            self.ctx
+                                .shared
+                                .dropped
+                                .fetch_add(messages, Ordering::Relaxed);
+                            return End::Lost(e);
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
