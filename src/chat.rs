@@ -757,7 +757,10 @@ mod tests {
         take(&mut t, a);
         take(&mut t, b);
 
-        let msg = r#"{"type":"message","clientId":"client-1-000000001","roomId":"r","text":"hi","timestamp":"2026-12-03T15:28:46.123Z"}"#;
+        let msg = concat!(
+            r#"{"type":"message","clientId":"client-1-000000001","roomId":"r","#,
+            r#""text":"hi","timestamp":"2026-12-03T15:28:46.123Z"}"#
+        );
         chat.on_remote(&mut t, room_event("r", envelope(kind::MESSAGE, "n2", msg)));
         let want: Value = serde_json::from_str(msg).unwrap();
         assert_eq!(take(&mut t, a), vec![want.clone()]);
