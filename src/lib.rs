@@ -5,8 +5,9 @@
 //! layer (`conn`, `outq`, `lifetime`, `probes`) runs each peer's state
 //! machine; the protocol layer (`http`, `frame`, `mask`, `utf8`, `close`,
 //! `trace`) parses and encodes bytes and nothing else; the app (`chat`,
-//! `rooms`) speaks the JSON chat protocol. Beside the connection layer, the
-//! gate (`gate`, `auth`, `origin`, `limits`) decides who may connect and how
+//! `rooms`) speaks the JSON chat protocol; the `backplane` shares rooms
+//! between instances through Redis. Beside the connection layer, the gate
+//! (`gate`, `auth`, `origin`, `limits`) decides who may connect and how
 //! much each may send, and `metrics` and `ledger` count what happened.
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod backplane;
 pub mod chat;
 pub mod clock;
 pub mod close;

@@ -52,6 +52,8 @@ const SERVER_ENV: &[&str] = &[
     "K_SERVICE",
     "K_CONFIGURATION",
     "GOOGLE_CLOUD_PROJECT",
+    "REDIS_URL",
+    "PRESENCE_EXPIRY",
 ];
 
 /// Settings every test server starts with, before the test's own: tests send as fast as they
