@@ -514,6 +514,15 @@ impl Chat {
         let Some(room) = self.rooms.find(room).and_then(|k| self.rooms.get(k)) else {
             return;
         };
+        // RFC 6455 5.6: "text" data MUST be UTF-8, and members expect JSON.
+        // Another instance only publishes both, but anything with access to
+        // Redis can publish on the channel; what is neither is dropped.
+        let Ok(text) = std::str::from_utf8(json) else {
+            return;
+        };
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+            return;
+        }
         let frame: Rc<[u8]> = Rc::from(frame_json(&mut self.scratch, json));
         for &member in &room.members {
             out.send_shared(member, &frame);

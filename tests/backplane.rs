@@ -526,3 +526,34 @@ fn a_malformed_redis_url_stops_the_start_with_a_reason() {
         "{out}"
     );
 }
+
+#[test]
+fn a_malformed_message_from_redis_reaches_no_member() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let servers = cluster(&redis, 1);
+    let mut a = Client::chat(&servers[0]);
+    a.join("garbage");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let mut publish = |payload: &[u8]| {
+        redis::cmd("PUBLISH")
+            .arg("roomcast:room:garbage")
+            .arg(payload)
+            .query::<i64>(&mut conn)
+            .unwrap();
+    };
+    // Not UTF-8: as a text frame it would make every member fail the
+    // connection (RFC 6455 5.6); not JSON: not what the protocol promises.
+    publish(b"Mintruder\n\xff\xfe{}");
+    publish(b"Mintruder\n{\"text\":\"\xff\"}");
+    publish(b"Mintruder\n{\"type\":\"message\",");
+    let good = json!({"type": "message", "clientId": "client-1-abcdefghi", "roomId": "garbage",
+        "text": "after", "timestamp": "2026-01-01T00:00:00.000Z"});
+    publish(format!("Mintruder\n{good}").as_bytes());
+    // next_of fails on a frame that is not UTF-8 or not JSON.
+    let m = expect_next(&mut a, "message");
+    assert_eq!(m, good);
+}
