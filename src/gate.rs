@@ -68,11 +68,13 @@ impl Policy {
 
     /// The address `req` comes from, arriving over TCP from `peer`.
     pub fn client_ip(&self, req: &Request<'_>, peer: IpAddr) -> IpAddr {
-        limits::client_ip(
-            peer,
-            req.header("x-forwarded-for"),
-            self.admission.trust_proxy,
-        )
+        // The last field: a proxy may append one of its own after the client's.
+        let forwarded_for = req
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+            .last()
+            .map(|(_, v)| v);
+        limits::client_ip(peer, forwarded_for, self.admission.trust_proxy)
     }
 }
 

@@ -114,6 +114,13 @@ fn per_address_limit_uses_the_peer_or_the_trusted_forwarded_entry() {
         upgrade_status(&proxied, &xff("203.0.113.7, 1.1.1.1")).0,
         101
     );
+    // A proxy may append its own field rather than extend the client's: the last field
+    // counts, so a field the client wrote first cannot dodge the limit either.
+    let two_fields = [
+        ("X-Forwarded-For", "192.0.2.55"),
+        ("X-Forwarded-For", "203.0.113.7"),
+    ];
+    assert_eq!(upgrade_status(&proxied, &two_fields).0, 429);
     // No header: the TCP peer, which has none counted yet.
     assert_eq!(upgrade_status(&proxied, &[]).0, 101);
     drop(keep);
