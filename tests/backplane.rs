@@ -557,3 +557,53 @@ fn a_malformed_message_from_redis_reaches_no_member() {
     let m = expect_next(&mut a, "message");
     assert_eq!(m, good);
 }
+
+/// A server on `listener` that answers every read with a three-element
+/// array, whatever was asked: no real Redis does that. Stops when `stop`
+/// is set.
+fn nonsense_redis(
+    listener: TcpListener,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    listener.set_nonblocking(true).unwrap();
+    thread::spawn(move || {
+        let reply = b"*3\r\n$7\r\nmessage\r\n$14\r\nroomcast:nodes\r\n$1\r\nx\r\n".repeat(64);
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut s, _)) = listener.accept() else {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(1..) = s.read(&mut buf) {
+                if s.write_all(&reply).is_err() {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn nonsense_from_redis_does_not_stop_the_backplane_for_good() {
+    if !redis_available() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fake = nonsense_redis(listener, stop.clone());
+    let server = instance(&format!("redis://127.0.0.1:{port}/"), "node0");
+    // The Redis client panics on a transaction's reply shorter than the
+    // transaction: the panic is logged, and must cost only that connection.
+    server.wait_log(SPREAD, |l| l["message"] == "panic");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    fake.join().unwrap();
+    let _redis = Redis::start_on(port);
+    server.wait_health("backplane", json!("connected"), SPREAD);
+    let mut a = Client::chat(&server);
+    a.join("after");
+}

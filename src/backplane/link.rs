@@ -81,11 +81,25 @@ pub(super) fn spawn(
     let publisher = ctx.clone();
     thread::Builder::new()
         .name("backplane-pub".into())
-        .spawn(move || Publisher::new(&publisher).run(&commands))?;
+        .spawn(move || {
+            let mut p = Publisher::new(&publisher);
+            while !survived(|| p.run(&commands)) {
+                p.ctx.shared.publisher_up.store(false, Ordering::Relaxed);
+                thread::sleep(MAX_BACKOFF);
+            }
+        })?;
     thread::Builder::new()
         .name("backplane-sub".into())
         .spawn(move || subscribe(&ctx, &events, &waker))?;
     Ok(())
+}
+
+/// Runs `f`, false if it panicked. The Redis client panics on some replies
+/// no real Redis sends (a transaction's reply shorter than the
+/// transaction, from whatever answers on Redis's address): the panic is
+/// logged, and it must cost one connection, not the backplane for good.
+fn survived(f: impl FnOnce()) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok()
 }
 
 /// Reconnection delays.
@@ -543,7 +557,14 @@ fn subscribe(ctx: &Context, events: &SyncSender<Event>, waker: &mio::Waker) {
     let mut backoff = Backoff::new();
     let (mut up, mut first) = (false, true);
     loop {
-        match subscription(ctx, events, waker, &mut backoff, &mut up) {
+        let mut outcome = Ok(());
+        if !survived(|| outcome = subscription(ctx, events, waker, &mut backoff, &mut up)) {
+            outcome = Err(redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "the Redis client panicked",
+            )));
+        }
+        match outcome {
             Ok(()) => return,
             Err(e) => {
                 ctx.shared.subscriber_up.store(false, Ordering::Relaxed);
