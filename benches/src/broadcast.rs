@@ -90,7 +90,9 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
             drain_deadline = Some(Instant::now() + secs(10));
         }
         let expected = published * clients.len() as u64;
-        if !publishing && (delivered >= expected || drain_deadline.is_some_and(|d| Instant::now() > d)) {
+        if !publishing
+            && (delivered >= expected || drain_deadline.is_some_and(|d| Instant::now() > d))
+        {
             break;
         }
         poll.poll(&mut events, Some(Duration::from_millis(50)))?;
@@ -149,8 +151,14 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
     r.field("publishers", publishers as f64);
     r.field("depth", load.depth as f64);
     r.field("deliveries_per_s", m.rate());
-    r.field("latency_p50_us", latency.value_at_quantile(0.5) as f64 / 1e3);
-    r.field("latency_p99_us", latency.value_at_quantile(0.99) as f64 / 1e3);
+    r.field(
+        "latency_p50_us",
+        latency.value_at_quantile(0.5) as f64 / 1e3,
+    );
+    r.field(
+        "latency_p99_us",
+        latency.value_at_quantile(0.99) as f64 / 1e3,
+    );
     r.field("published", published as f64);
     r.field("lost", expected.saturating_sub(delivered) as f64);
     m.cpu_fields(&mut r, "delivery");
@@ -171,8 +179,7 @@ fn parse(digits: &[u8]) -> Option<u64> {
         return None;
     }
     digits.iter().try_fold(0u64, |acc, &d| {
-        d.is_ascii_digit()
-            .then(|| acc * 10 + u64::from(d - b'0'))
+        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
     })
 }
 

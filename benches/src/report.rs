@@ -107,7 +107,10 @@ impl Measured {
         if let Some(cpu) = self.cpu {
             r.field("server_cpu_s", cpu);
             r.field("server_core_share", cpu / self.secs);
-            r.field(&format!("cpu_us_per_{unit}"), cpu * 1e6 / self.count.max(1) as f64);
+            r.field(
+                &format!("cpu_us_per_{unit}"),
+                cpu * 1e6 / self.count.max(1) as f64,
+            );
         } else {
             r.note("no --server-pid: server CPU not measured");
         }

@@ -26,12 +26,7 @@ pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&MASK_KEY);
-    out.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ MASK_KEY[i & 3]),
-    );
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK_KEY[i & 3]));
     out
 }
 
