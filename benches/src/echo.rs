@@ -22,6 +22,9 @@ pub struct Load {
     pub size: usize,
     /// Binary frames instead of text.
     pub binary: bool,
+    /// Stop after this many replies instead of after the window, sending no
+    /// more than that: a fixed amount of work, for instruction counts.
+    pub count: Option<u64>,
 }
 
 /// Runs the echo load and reports rates and round trips.
@@ -45,6 +48,10 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
     // covers at most `depth` frames.
     let pattern = frame.repeat(load.depth + 1);
     let mut pending = vec![load.depth * frame_len; clients.len()];
+    // Messages that may still be sent, under --count.
+    let mut budget = load
+        .count
+        .map_or(u64::MAX, |n| n.saturating_sub((load.depth * clients.len()) as u64));
     let mut offset = vec![0usize; clients.len()];
     let start = Instant::now();
     let mut sent: Vec<VecDeque<Instant>> = (0..clients.len())
@@ -59,7 +66,14 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
     let mut received: u64 = 0;
     let mut dirty: Vec<usize> = (0..clients.len()).collect();
     window.begin()?;
-    while !window.tick(received)? {
+    loop {
+        let done = match load.count {
+            Some(n) => received >= n,
+            None => window.tick(received)?,
+        };
+        if done {
+            break;
+        }
         for i in dirty.drain(..) {
             let c = &mut clients[i];
             if pending[i] > 0 && c.writable {
@@ -103,7 +117,9 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
                     }
                     sent[i].push_back(now);
                 }
-                pending[i] += got * frame_len;
+                let resend = (got as u64).min(budget);
+                budget -= resend;
+                pending[i] += resend as usize * frame_len;
                 received += got as u64;
             }
             dirty.push(i);

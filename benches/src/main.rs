@@ -78,6 +78,10 @@ enum Mode {
         /// Send binary frames instead of text.
         #[arg(long)]
         binary: bool,
+        /// Stop after this many messages in all (no warm-up, no window):
+        /// a fixed amount of work, for counting instructions.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// One room: M members, K of them publishing.
     Broadcast {
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             depth,
             size,
             binary,
+            count,
         } => echo::run(
             &target,
             &echo::Load {
@@ -141,6 +146,7 @@ fn main() -> ExitCode {
                 depth: depth.max(1),
                 size,
                 binary,
+                count,
             },
             &mut window,
         ),
