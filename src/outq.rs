@@ -47,6 +47,8 @@ pub struct OutQueue {
     front_written: usize,
     /// Bytes queued and not yet written.
     len: usize,
+    /// Set when bytes are queued; cleared by [`OutQueue::release_excess`].
+    used: bool,
 }
 
 impl OutQueue {
@@ -69,6 +71,7 @@ impl OutQueue {
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         self.owned_tail().extend_from_slice(bytes);
         self.len += bytes.len();
+        self.used = true;
     }
 
     /// Lets `write` append straight into the queue's owned tail, then
@@ -79,6 +82,7 @@ impl OutQueue {
         write(tail);
         let added = tail.len() - before;
         self.len += added;
+        self.used = true;
     }
 
     /// Queues a shared frame without copying it.
@@ -87,6 +91,7 @@ impl OutQueue {
             return;
         }
         self.len += frame.len();
+        self.used = true;
         self.segments.push_back(Segment::Shared(Rc::clone(frame)));
     }
 
@@ -128,11 +133,14 @@ impl OutQueue {
         Ok(true)
     }
 
-    /// Frees the segment list of an empty queue that grew in a burst. A
-    /// small list is kept, so that queueing a broadcast frame on a member
-    /// allocates nothing in the steady state.
+    /// Frees the segment list of an empty queue that grew in a burst, or
+    /// that nothing was queued on since the last call. Called periodically:
+    /// a busy connection keeps a small list, so that queueing a broadcast
+    /// frame on it allocates nothing in the steady state, while an idle one
+    /// holds no heap memory for its queue at all.
     pub fn release_excess(&mut self) {
-        if self.is_empty() && self.segments.capacity() > KEEP_SEGMENTS {
+        let idle = !std::mem::take(&mut self.used);
+        if self.is_empty() && (idle || self.segments.capacity() > KEEP_SEGMENTS) {
             self.segments = VecDeque::new();
         }
     }
@@ -280,6 +288,23 @@ mod tests {
             "kept {kept} of {}",
             kept + dropped
         );
+    }
+
+    #[test]
+    fn an_idle_queue_lets_go_of_its_segment_list() {
+        let mut q = OutQueue::new();
+        let shared: Rc<[u8]> = Rc::from(&b"frame"[..]);
+        q.push_shared(&shared);
+        let mut w = Trickle {
+            got: Vec::new(),
+            limit: usize::MAX,
+            budget: usize::MAX,
+        };
+        assert!(q.flush_to(&mut w).unwrap());
+        q.release_excess();
+        assert!(q.segments.capacity() > 0, "used since the last call: kept");
+        q.release_excess();
+        assert_eq!(q.segments.capacity(), 0, "idle for a whole period: freed");
     }
 
     #[test]
