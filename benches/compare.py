@@ -148,7 +148,7 @@ def server_command(name, bench, port):
     raise ValueError(name)
 
 
-def wait_listening(port, proc, timeout=10.0):
+def wait_listening(port, proc, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -168,7 +168,11 @@ def one_run(name, bench, args):
     server = subprocess.Popen(["taskset", "-c", args.server_cpu] + cmd, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_listening(port, server)
+        try:
+            wait_listening(port, server)
+        except RuntimeError as e:
+            log(f"  {name} {bench}: {e}")
+            return None
         # The first connection above was not a WebSocket; give the server a
         # moment to drop it before measuring.
         time.sleep(0.3)

@@ -36,6 +36,9 @@ const KEEP_SEGMENTS: usize = 8;
 /// bounds what a slow consumer's close must wait behind.
 const OWNED_SEGMENT_CAP: usize = 64 * 1024;
 
+/// An owned buffer up to this capacity outlives the bytes written from it.
+const KEEP_OWNED: usize = 4096;
+
 /// The most buffers one `writev` is given.
 const MAX_IOVECS: usize = 64;
 
@@ -156,7 +159,18 @@ impl OutQueue {
             }
             n -= left;
             self.front_written = 0;
-            self.segments.pop_front();
+            let last = self.segments.len() == 1;
+            match self.segments.front_mut() {
+                // The last owned buffer, if small, is kept for the next
+                // replies: an echo would otherwise allocate and free one per
+                // write. The timer frees it with the list once idle.
+                Some(Segment::Owned(v)) if last && v.capacity() <= KEEP_OWNED => {
+                    v.clear();
+                }
+                _ => {
+                    self.segments.pop_front();
+                }
+            }
         }
     }
 

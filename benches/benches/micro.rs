@@ -162,5 +162,13 @@ fn broadcast(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_header, unmask, utf8, encode, handshake, broadcast);
+criterion_group!(
+    benches,
+    frame_header,
+    unmask,
+    utf8,
+    encode,
+    handshake,
+    broadcast
+);
 criterion_main!(benches);

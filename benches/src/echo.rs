@@ -49,9 +49,9 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
     let pattern = frame.repeat(load.depth + 1);
     let mut pending = vec![load.depth * frame_len; clients.len()];
     // Messages that may still be sent, under --count.
-    let mut budget = load
-        .count
-        .map_or(u64::MAX, |n| n.saturating_sub((load.depth * clients.len()) as u64));
+    let mut budget = load.count.map_or(u64::MAX, |n| {
+        n.saturating_sub((load.depth * clients.len()) as u64)
+    });
     let mut offset = vec![0usize; clients.len()];
     let start = Instant::now();
     let mut sent: Vec<VecDeque<Instant>> = (0..clients.len())
