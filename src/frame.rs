@@ -577,9 +577,7 @@ impl Decoder {
                     let range = *pos..*pos + len as usize;
                     *pos = range.end;
                     apply_mask(&mut input[range.clone()], key, 0);
-                    if kind == MessageKind::Text
-                        && std::str::from_utf8(&input[range.clone()]).is_err()
-                    {
+                    if kind == MessageKind::Text && !crate::utf8::is_valid(&input[range.clone()]) {
                         return Err(self.fail(FrameError::InvalidUtf8, State::Header));
                     }
                     return Ok(Some(Event::Message {

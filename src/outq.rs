@@ -118,6 +118,19 @@ impl OutQueue {
     /// Any write error other than `WouldBlock` and `Interrupted`.
     pub fn flush_to(&mut self, out: &mut impl Write) -> io::Result<bool> {
         while !self.is_empty() {
+            if self.segments.len() == 1 {
+                // One run of bytes, the usual case for a reply or a
+                // broadcast frame: no buffer list to build.
+                let seg = self.segments.front().expect("the queue is not empty");
+                match out.write(&seg.bytes()[self.front_written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.consume(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             for (i, seg) in self.segments.iter().take(MAX_IOVECS).enumerate() {
