@@ -108,21 +108,29 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
             if event.is_readable() {
                 loop {
                     match c.read(&mut buf) {
-                        Read_::Bytes(n) => c.reader.feed(&buf[..n], WANT_PAYLOAD, |f| {
-                            if f.opcode != TEXT && f.opcode != BINARY {
-                                return;
+                        Read_::Bytes(n) => {
+                            c.reader.feed(&buf[..n], WANT_PAYLOAD, |f| {
+                                if f.opcode != TEXT && f.opcode != BINARY {
+                                    return;
+                                }
+                                let Some(sent) = f.payload.and_then(|p| stamp(&finder, p)) else {
+                                    return;
+                                };
+                                delivered += 1;
+                                if sent.0 == i {
+                                    own += 1;
+                                }
+                                if measuring {
+                                    let _ = latency.record(now_ns.saturating_sub(sent.1));
+                                }
+                            });
+                            // A short read emptied the socket; epoll (edge-triggered)
+                            // reports the next arrival, so the read that would say
+                            // WouldBlock is saved, as servers do.
+                            if n < buf.len() {
+                                break;
                             }
-                            let Some(sent) = f.payload.and_then(|p| stamp(&finder, p)) else {
-                                return;
-                            };
-                            delivered += 1;
-                            if sent.0 == i {
-                                own += 1;
-                            }
-                            if measuring {
-                                let _ = latency.record(now_ns.saturating_sub(sent.1));
-                            }
-                        }),
+                        }
                         Read_::Empty => break,
                         Read_::Closed => {
                             return Err(io::Error::new(

@@ -96,11 +96,19 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
                 let mut got = 0usize;
                 loop {
                     match c.read(&mut buf) {
-                        Read_::Bytes(n) => c.reader.feed(&buf[..n], 0, |f| {
-                            if f.opcode == TEXT || f.opcode == BINARY {
-                                got += 1;
+                        Read_::Bytes(n) => {
+                            c.reader.feed(&buf[..n], 0, |f| {
+                                if f.opcode == TEXT || f.opcode == BINARY {
+                                    got += 1;
+                                }
+                            });
+                            // A short read emptied the socket; epoll (edge-triggered)
+                            // reports the next arrival, so the read that would say
+                            // WouldBlock is saved, as servers do.
+                            if n < buf.len() {
+                                break;
                             }
-                        }),
+                        }
                         Read_::Empty => break,
                         Read_::Closed => {
                             return Err(io::Error::new(
