@@ -86,7 +86,7 @@ COLUMNS = {
                   "latency_p50_us", "latency_p99_us", "lost"],
     "handshakes": ["handshakes_per_s", "cpu_us_per_handshake", "server_core_share",
                    "failed"],
-    "idle": ["connections", "rss_bytes_per_conn"],
+    "idle": ["connections", "rss_bytes_per_conn", "anon_bytes_per_conn"],
 }
 
 

@@ -52,6 +52,9 @@ pub struct OutQueue {
     len: usize,
     /// Set when bytes are queued; cleared by [`OutQueue::release_excess`].
     used: bool,
+    /// Times the queue was written empty since the last
+    /// [`OutQueue::release_excess`], saturating.
+    emptied: u8,
 }
 
 impl OutQueue {
@@ -156,6 +159,7 @@ impl OutQueue {
     /// holds no heap memory for its queue at all.
     pub fn release_excess(&mut self) {
         let idle = !std::mem::take(&mut self.used);
+        self.emptied = 0;
         if self.is_empty() && (idle || self.segments.capacity() > KEEP_SEGMENTS) {
             self.segments = VecDeque::new();
         }
@@ -175,14 +179,23 @@ impl OutQueue {
             let last = self.segments.len() == 1;
             match self.segments.front_mut() {
                 // The last owned buffer, if small, is kept for the next
-                // replies: an echo would otherwise allocate and free one per
-                // write. The timer frees it with the list once idle.
-                Some(Segment::Owned(v)) if last && v.capacity() <= KEEP_OWNED => {
+                // replies of a busy connection: an echo would otherwise
+                // allocate and free one per write. Not on the first write
+                // of a timer period, so that a connection that says one
+                // thing (the handshake, say) and falls silent keeps nothing:
+                // freed at once, its buffer is the next connection's, where
+                // one held until the timer would scatter the heap.
+                Some(Segment::Owned(v))
+                    if last && v.capacity() <= KEEP_OWNED && self.emptied > 0 =>
+                {
                     v.clear();
                 }
                 _ => {
                     self.segments.pop_front();
                 }
+            }
+            if last {
+                self.emptied = self.emptied.saturating_add(1);
             }
         }
     }

@@ -27,6 +27,7 @@ pub fn run(target: &Target, connections: usize, server: Option<Server>) -> io::R
     let warm = net::establish(&mut poll, target, WARM, 256, Duration::from_secs(30))?;
     thread::sleep(Duration::from_secs(1));
     let before = server.rss_bytes()?;
+    let anon_before = server.rss_anon_bytes()?;
     let mut poll_many = Poll::new()?;
     let many = net::establish(
         &mut poll_many,
@@ -38,6 +39,7 @@ pub fn run(target: &Target, connections: usize, server: Option<Server>) -> io::R
     // Let the server finish writing greetings and settle its queues.
     thread::sleep(Duration::from_secs(2));
     let after = server.rss_bytes()?;
+    let anon_after = server.rss_anon_bytes()?;
     let mut r = Report::new("idle");
     r.field("connections", many.len() as f64);
     r.field("rss_before_kib", before as f64 / 1024.0);
@@ -45,6 +47,10 @@ pub fn run(target: &Target, connections: usize, server: Option<Server>) -> io::R
     r.field(
         "rss_bytes_per_conn",
         after.saturating_sub(before) as f64 / many.len() as f64,
+    );
+    r.field(
+        "anon_bytes_per_conn",
+        anon_after.saturating_sub(anon_before) as f64 / many.len() as f64,
     );
     drop(warm);
     Ok(r)
