@@ -52,7 +52,7 @@ pub struct OutQueue {
     len: usize,
     /// Set when bytes are queued; cleared by [`OutQueue::release_excess`].
     used: bool,
-    /// Times the queue was written empty since the last
+    /// Times the queue was written empty since it was last found idle by
     /// [`OutQueue::release_excess`], saturating.
     emptied: u8,
 }
@@ -159,7 +159,9 @@ impl OutQueue {
     /// holds no heap memory for its queue at all.
     pub fn release_excess(&mut self) {
         let idle = !std::mem::take(&mut self.used);
-        self.emptied = 0;
+        if idle {
+            self.emptied = 0;
+        }
         if self.is_empty() && (idle || self.segments.capacity() > KEEP_SEGMENTS) {
             self.segments = VecDeque::new();
         }
@@ -181,7 +183,7 @@ impl OutQueue {
                 // The last owned buffer, if small, is kept for the next
                 // replies of a busy connection: an echo would otherwise
                 // allocate and free one per write. Not on the first write
-                // of a timer period, so that a connection that says one
+                // after an idle period, so that a connection that says one
                 // thing (the handshake, say) and falls silent keeps nothing:
                 // freed at once, its buffer is the next connection's, where
                 // one held until the timer would scatter the heap.
