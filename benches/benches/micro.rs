@@ -129,6 +129,7 @@ fn room(members: usize) -> (Engine<Sink>, Key) {
         handshake_timeout: 10_000,
         close_timeout: 5_000,
         ping_interval: 30_000,
+        max_age: 3_600_000,
     };
     let mut engine = Engine::new(limits, "bench");
     let join = masked(br#"{"type":"join","roomId":"r"}"#);
