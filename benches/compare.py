@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -265,6 +266,8 @@ def main():
     p.add_argument("--skip-build", action="store_true")
     p.add_argument("--json", help="also write every run's figures here")
     args = p.parse_args()
+    # Stopped by a signal, still stop the server of the current run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     peers = find_peers(args.peers)
     if peers is None:
