@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use crate::assets;
 use crate::chat::{Chat, Member, Outbox};
 use crate::clock::IdRng;
 use crate::close::{parse_close_payload, CloseCode, PeerClose};
@@ -299,6 +300,17 @@ impl<S: Transport> Engine<S> {
         &self.chat
     }
 
+    /// The chat app, mutably (the shell attaches and stops the backplane).
+    pub fn chat_mut(&mut self) -> &mut Chat {
+        &mut self.chat
+    }
+
+    /// Hands up to `max` backplane events to the app. Returns true when
+    /// more are waiting.
+    pub fn pump_backplane(&mut self, max: usize) -> bool {
+        self.chat.pump_backplane(&mut self.table, max)
+    }
+
     /// The peer at `key`.
     pub fn peer(&self, key: Key) -> Option<&Peer<S>> {
         self.table.peers.get(key)
@@ -572,6 +584,7 @@ impl<S: Transport> Engine<S> {
             instance: &self.instance_id,
             deployment: &self.deployment,
             readiness: self.readiness(),
+            backplane: self.chat.backplane_status(),
         };
         let Some(peer) = self.table.peers.get_mut(key) else {
             return;
@@ -627,6 +640,10 @@ impl<S: Transport> Engine<S> {
                 conn.out.push_with(|v| {
                     http::write_response(v, status, content_type, &[], body.as_bytes())
                 });
+                self.linger(key, now);
+            }
+            Decision::Asset(reply) => {
+                conn.out.push_with(|v| reply.write(v));
                 self.linger(key, now);
             }
             Decision::Upgrade {
@@ -860,6 +877,9 @@ struct Health<'a> {
     service: Option<&'a str>,
     revision: Option<&'a str>,
     configuration: Option<&'a str>,
+    /// `connected` or `degraded`; absent when running alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backplane: Option<&'a str>,
 }
 
 /// What answering a request may report: the server's state when it came.
@@ -870,6 +890,7 @@ struct Site<'a> {
     instance: &'a str,
     deployment: &'a Deployment,
     readiness: Readiness,
+    backplane: Option<&'a str>,
 }
 
 /// How a complete request is answered.
@@ -880,6 +901,7 @@ enum Decision {
         content_type: &'static str,
         body: String,
     },
+    Asset(assets::Reply),
     Upgrade {
         route: Route,
         upgrade: http::Upgrade,
@@ -889,8 +911,9 @@ enum Decision {
 
 const JSON: &str = "application/json";
 
-/// Routes a request: WebSocket upgrades by path, plain GETs to the health
-/// report, the probes, or 404.
+/// Routes a request: WebSocket upgrades by path, plain requests for the
+/// embedded client files to [`assets`], plain GETs to the health report,
+/// the probes, or 404.
 fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
     if req.wants_websocket() {
         return match http::check_upgrade(req) {
@@ -917,6 +940,9 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
             Err(e) => Decision::Refuse(e),
         };
     }
+    if let Some(reply) = assets::route(req) {
+        return Decision::Asset(reply);
+    }
     if req.method != "GET" {
         return Decision::Refuse(HttpError::MethodNotAllowed);
     }
@@ -932,6 +958,7 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
                 service: d.service.as_deref(),
                 revision: d.revision.as_deref(),
                 configuration: d.configuration.as_deref(),
+                backplane: site.backplane,
             })
             .expect("the health report serialises");
             Decision::Respond {
