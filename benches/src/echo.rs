@@ -85,7 +85,7 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
         }
         poll.poll(&mut events, Some(Duration::from_millis(50)))?;
         let now = Instant::now();
-        let measuring = window.measuring();
+        let measuring = window.measuring() || load.count.is_some();
         for event in events.iter() {
             let i = event.token().0;
             let c = &mut clients[i];

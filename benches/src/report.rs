@@ -15,6 +15,9 @@ pub struct Window {
     started: Instant,
     /// Count, time and server CPU when the measured window opened.
     opened: Option<(u64, Instant, Option<f64>)>,
+    /// Server CPU at [`Window::begin`], for runs that end before the
+    /// warm-up does (fixed-count runs).
+    begun_cpu: Option<f64>,
 }
 
 /// What the measured window saw.
@@ -36,6 +39,7 @@ impl Window {
             server,
             started: Instant::now(),
             opened: None,
+            begun_cpu: None,
         }
     }
 
@@ -48,8 +52,9 @@ impl Window {
     ///
     /// # Errors
     ///
-    /// Never today; kept fallible like the other steps.
+    /// When the server's CPU time cannot be read.
     pub fn begin(&mut self) -> io::Result<()> {
+        self.begun_cpu = self.server.map(|s| s.cpu_seconds()).transpose()?;
         self.started = Instant::now();
         self.opened = None;
         Ok(())
@@ -82,9 +87,8 @@ impl Window {
     /// When the server's CPU time cannot be read.
     pub fn finish(&mut self, count: u64) -> io::Result<Measured> {
         let cpu_end = self.server.map(|s| s.cpu_seconds()).transpose()?;
-        let (count0, t0, cpu0) = self
-            .opened
-            .unwrap_or((0, self.started, cpu_end.map(|_| 0.0)));
+        // A run that ended before its warm-up did is measured whole.
+        let (count0, t0, cpu0) = self.opened.unwrap_or((0, self.started, self.begun_cpu));
         Ok(Measured {
             count: count - count0,
             secs: t0.elapsed().as_secs_f64(),
