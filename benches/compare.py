@@ -133,8 +133,13 @@ def server_command(name, bench, port):
     env = dict(os.environ, HOST="127.0.0.1", PORT=str(port))
     peer_bin = os.path.join(PEERS_BUILD, "target", "release")
     if name == "roomcast":
+        # The admission and rate limits guard a public deployment; a load
+        # test from one machine would trip them, so they are opened up.
+        limits = ["--max-connections", "20000", "--max-connections-per-ip", "20000",
+                  "--max-room-members", "100000", "--rate-limit", "1000000000",
+                  "--rate-burst", "1000000000"]
         return [os.path.join(RELEASE, "roomcast"), "--host", "127.0.0.1",
-                "--port", str(port), "--log-level", "warning"], env, []
+                "--port", str(port), "--log-level", "warning"] + limits, env, []
     if name == "raw-tcp":
         return [os.path.join(peer_bin, "raw-tcp-echo"), str(port)], env, ["--raw-tcp"]
     if name == "tungstenite":
