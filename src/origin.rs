@@ -147,7 +147,18 @@ fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
         _ => (s, None),
     };
     let bad_port = port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()));
-    if host.is_empty() || bad_port {
+    // A serialized origin's host is a name or an address: a `?`, `#`, `@`
+    // or `\` would let "https://evil.com?.example.org" end in an allowed
+    // domain.
+    let bad_host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+        None => !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._*".contains(&b)),
+    };
+    if host.is_empty() || bad_port || bad_host {
         return None;
     }
     Some((host, port))
@@ -235,6 +246,18 @@ mod tests {
         );
         assert_eq!(check(&p, "null"), Err(OriginError::NotAllowed));
         assert_eq!(p.check(None), Ok(()), "non-browser clients");
+        // Not origins, though they end in an allowed domain.
+        for o in [
+            "https://evil.com?.example.org",
+            "https://evil.com#.example.org",
+            "https://evil.com@a.example.org",
+            "https://evil.com\\.example.org",
+            "https://evil.com%2f.example.org",
+            "https://evil .example.org",
+        ] {
+            assert_eq!(check(&p, o), Err(OriginError::NotAllowed), "{o}");
+        }
+        assert_eq!(check(&p, "https://[::1]"), Err(OriginError::NotAllowed));
     }
 
     #[test]
