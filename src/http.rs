@@ -362,8 +362,11 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<Upgrade, HttpError> {
     }
     // Bytes after the head are WebSocket frames; a body would be read as
     // frames, so a request that announces one is refused.
-    let body_length = req.header("content-length").map(|v| v.trim_ascii());
-    if req.header("transfer-encoding").is_some() || body_length.is_some_and(|v| v != b"0") {
+    let announces_body = req.headers().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding")
+            || (n.eq_ignore_ascii_case("content-length") && v.trim_ascii() != b"0")
+    });
+    if announces_body {
         return Err(HttpError::UpgradeWithBody);
     }
     let mut keys = req
@@ -642,7 +645,12 @@ mod tests {
 
     #[test]
     fn an_upgrade_with_a_body_is_refused() {
-        for field in ["Content-Length: 10", "Transfer-Encoding: chunked"] {
+        for field in [
+            "Content-Length: 10",
+            "Transfer-Encoding: chunked",
+            // Every field counts, not the first: a proxy may honour another.
+            "Content-Length: 0\r\nContent-Length: 10",
+        ] {
             let raw = GOOD.replacen("\r\n\r\n", &format!("\r\n{field}\r\n\r\n"), 1);
             assert_eq!(upgrade_of(&raw), Err(HttpError::UpgradeWithBody), "{field}");
         }
