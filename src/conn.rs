@@ -1676,3 +1676,26 @@ mod tests {
         assert_eq!(&got[0].1[..2], &1001u16.to_be_bytes());
     }
 }
+#[cfg(test)]
+mod sizeprobe {
+    #[test]
+    fn probe() {
+        use std::mem::size_of;
+        eprintln!(
+            "conn {} peer {} entry {}",
+            size_of::<super::Connection>(),
+            size_of::<super::Peer<mio::net::TcpStream>>(),
+            size_of::<crate::slab::Slab<super::Peer<mio::net::TcpStream>>>()
+        );
+        eprintln!(
+            "dec {} outq {} member {} bucket {} ledger {} ip {} optip {}",
+            size_of::<crate::frame::Decoder>(),
+            size_of::<crate::outq::OutQueue>(),
+            size_of::<Option<crate::chat::Member>>(),
+            size_of::<crate::limits::TokenBucket>(),
+            size_of::<crate::ledger::Ledger>(),
+            size_of::<std::net::IpAddr>(),
+            size_of::<Option<std::net::IpAddr>>()
+        );
+    }
+}

@@ -365,6 +365,52 @@ enum State {
     },
 }
 
+/// Bytes a decoder keeps between reads: a null pointer until the first byte,
+/// so that the decoder of an idle connection is 8 bytes per buffer rather
+/// than a 24-byte empty vector.
+#[derive(Debug, Default)]
+struct Spill(Option<Box<Vec<u8>>>);
+
+impl Spill {
+    fn vec(&mut self) -> &mut Vec<u8> {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.vec().extend_from_slice(bytes);
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.vec().push(byte);
+    }
+
+    /// Empties it, keeping its capacity for the next bytes.
+    fn clear(&mut self) {
+        if let Some(v) = &mut self.0 {
+            v.clear();
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.capacity())
+    }
+
+    /// The bytes, leaving it unallocated.
+    fn take(&mut self) -> Vec<u8> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Spill {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Streaming decoder for the frames one client sends.
 ///
 /// Feed it each read's bytes with [`Decoder::decode`]; it returns one event
@@ -373,12 +419,12 @@ enum State {
 pub struct Decoder {
     state: State,
     /// An unfinished header, or the payload of an unfinished control frame.
-    partial: Vec<u8>,
+    partial: Spill,
     /// The kind of the data message being assembled, if one is.
     assembling: Option<MessageKind>,
     /// The message being assembled: fragments so far, or a frame split
     /// across reads.
-    message: Vec<u8>,
+    message: Spill,
     utf8: Utf8Validator,
     /// The largest data message accepted, in bytes.
     max_message: usize,
@@ -389,9 +435,9 @@ impl Decoder {
     pub fn new(max_message: usize) -> Self {
         Decoder {
             state: State::Header,
-            partial: Vec::new(),
+            partial: Spill::default(),
             assembling: None,
-            message: Vec::new(),
+            message: Spill::default(),
             utf8: Utf8Validator::new(),
             max_message,
         }
@@ -406,7 +452,7 @@ impl Decoder {
     /// [`Payload::Assembled`]. The decoder keeps no buffer after it: an
     /// idle connection holds none.
     pub fn take_message(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.message)
+        self.message.take()
     }
 
     /// Decodes from `input[*pos..]`, advancing `*pos` past what it used.
@@ -626,8 +672,8 @@ impl Decoder {
     fn fail(&mut self, err: FrameError, next: State) -> FrameError {
         self.state = next;
         self.assembling = None;
-        self.message = Vec::new();
-        self.partial = Vec::new();
+        self.message = Spill::default();
+        self.partial = Spill::default();
         err
     }
 
