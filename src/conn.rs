@@ -141,23 +141,25 @@ pub struct Connection {
     decoder: Decoder,
     out: OutQueue,
     /// When the current phase runs out (handshake, closing, lingering), or,
-    /// while open, when the next ping is due.
-    deadline: u64,
+    /// while open, when the next ping is due. This and the next two are
+    /// milliseconds after `ledger.opened_at`: see [`Connection::stamp`].
+    deadline: u32,
     /// When the peer last sent anything.
-    last_seen: u64,
-    /// When an open WebSocket is asked to reconnect: its maximum age.
-    expires: u64,
+    last_seen: u32,
+    /// When an open WebSocket is asked to reconnect: its maximum age, at
+    /// most [`LONGEST_AGE`]; `u32::MAX` before the upgrade.
+    expires: u32,
     /// Set once the upgrade succeeds, whatever happens after.
     upgraded: bool,
     /// The upgrade request's trace, kept only when its log lines can name
     /// it (a project is configured); boxed, as most connections have none.
     trace: Option<Box<TraceContext>>,
     member: Option<Member>,
-    /// The TCP peer's address.
-    peer_ip: IpAddr,
-    /// The client address counted against `--max-connections-per-ip`,
-    /// once upgraded.
-    counted_ip: Option<IpAddr>,
+    /// The TCP peer's address until the upgrade; from then on the client
+    /// address (which `--trust-proxy` may take from `X-Forwarded-For`).
+    ip: IpAddr,
+    /// Set once `ip` is counted against `--max-connections-per-ip`.
+    counted: bool,
     bucket: TokenBucket,
     /// Traffic and ending, for the metrics and the end-of-connection log.
     ledger: Ledger,
@@ -175,17 +177,27 @@ impl Connection {
             head: None,
             decoder: Decoder::new(0),
             out: OutQueue::new(),
-            deadline: now.saturating_add(limits.handshake_timeout),
-            last_seen: now,
-            expires: u64::MAX,
+            deadline: stamp(now, now.saturating_add(limits.handshake_timeout)),
+            last_seen: 0,
+            expires: u32::MAX,
             upgraded: false,
             trace: None,
             member: None,
-            peer_ip,
-            counted_ip: None,
+            ip: peer_ip,
+            counted: false,
             bucket: TokenBucket::new(&policy.admission.rate, now),
             ledger: Ledger::new(now),
         }
+    }
+
+    /// `at` as a stamp: milliseconds after the connection was accepted.
+    fn stamp(&self, at: u64) -> u32 {
+        stamp(self.ledger.opened_at, at)
+    }
+
+    /// The engine time of a stamp.
+    fn time(&self, stamp: u32) -> u64 {
+        self.ledger.opened_at.saturating_add(u64::from(stamp))
     }
 
     /// Where the connection is in its life.
@@ -197,6 +209,20 @@ impl Connection {
     pub fn queued(&self) -> usize {
         self.out.len()
     }
+}
+
+/// The longest a WebSocket is kept open before it is asked to reconnect,
+/// whatever `--max-connection-age` says: 40 days, so that its timers, kept
+/// as 32-bit milliseconds after it was accepted (8 bytes less per idle
+/// connection than three 64-bit instants), never reach their limit of 49.7
+/// days while it is open. Only a timeout configured at more than 9 days
+/// (handshake, close or ping) could still reach it; such a timer then
+/// fires at 49.7 days of age, earlier than configured.
+pub const LONGEST_AGE: u64 = 40 * 24 * 3_600_000;
+
+/// `at` in milliseconds after `opened_at`, saturating at `u32::MAX`.
+fn stamp(opened_at: u64, at: u64) -> u32 {
+    u32::try_from(at.saturating_sub(opened_at)).unwrap_or(u32::MAX)
 }
 
 /// A connection and its transport.
@@ -231,7 +257,7 @@ impl<S> Outbox for Table<S> {
         if let Some(peer) = self.peers.get_mut(to) {
             if peer.conn.phase == Phase::Open {
                 peer.conn.out.push_bytes(frame);
-                peer.conn.ledger.messages_out += 1;
+                peer.conn.ledger.message_out();
                 self.metrics.messages_out += 1;
                 mark_dirty_conn(&mut peer.conn, &mut self.dirty, to);
             }
@@ -242,7 +268,7 @@ impl<S> Outbox for Table<S> {
         if let Some(peer) = self.peers.get_mut(to) {
             if peer.conn.phase == Phase::Open {
                 peer.conn.out.push_shared(frame);
-                peer.conn.ledger.messages_out += 1;
+                peer.conn.ledger.message_out();
                 self.metrics.messages_out += 1;
                 mark_dirty_conn(&mut peer.conn, &mut self.dirty, to);
             }
@@ -446,7 +472,7 @@ impl<S: Transport> Engine<S> {
             // say): nothing it says can change that.
             return;
         }
-        peer.conn.last_seen = now;
+        peer.conn.last_seen = peer.conn.stamp(now);
         peer.conn.ledger.bytes_in += input.len() as u64;
         self.table.metrics.bytes_in += input.len() as u64;
         match peer.conn.phase {
@@ -569,10 +595,10 @@ impl<S: Transport> Engine<S> {
     /// Counts and logs the end of a connection about to be dropped.
     fn ended(&mut self, key: Key, conn: &Connection) {
         let now = self.last_now;
-        if let Some(ip) = conn.counted_ip {
-            self.per_ip.remove(ip);
+        if conn.counted {
+            self.per_ip.remove(conn.ip);
         }
-        if !conn.ledger.upgraded {
+        if !conn.upgraded {
             return;
         }
         self.table.metrics.closed(conn.ledger.code());
@@ -621,17 +647,17 @@ impl<S: Transport> Engine<S> {
             let conn = &mut peer.conn;
             match conn.phase {
                 Phase::Handshake | Phase::Closing | Phase::Finished | Phase::Lingering => {
-                    if now >= conn.deadline {
+                    if now >= conn.time(conn.deadline) {
                         expired.push(key);
                     }
                 }
                 Phase::Open => {
-                    if now.saturating_sub(conn.last_seen) >= interval.saturating_mul(2) {
+                    if now.saturating_sub(conn.time(conn.last_seen)) >= interval.saturating_mul(2) {
                         expired.push(key);
-                    } else if now >= conn.expires {
+                    } else if now >= conn.time(conn.expires) {
                         aged.push(key);
-                    } else if now >= conn.deadline {
-                        conn.deadline = now.saturating_add(interval);
+                    } else if now >= conn.time(conn.deadline) {
+                        conn.deadline = conn.stamp(now.saturating_add(interval));
                         conn.out.push_with(|v| write_frame(v, OpCode::Ping, b""));
                         mark_dirty_conn(conn, dirty, key);
                     }
@@ -750,7 +776,7 @@ impl<S: Transport> Engine<S> {
             return;
         };
         let conn = &mut peer.conn;
-        let peer_ip = conn.peer_ip;
+        let peer_ip = conn.ip;
         let seen = conn.head.as_deref().map_or(0, Vec::len);
         let from_head = seen > 0;
         if let Some(head) = conn.head.as_mut().filter(|_| from_head) {
@@ -856,17 +882,19 @@ impl<S: Transport> Engine<S> {
                 identity,
                 counted_ip,
             } => {
-                conn.counted_ip = counted_ip;
+                if let Some(ip) = counted_ip {
+                    conn.ip = ip;
+                    conn.counted = true;
+                }
                 conn.out
                     .push_with(|v| http::write_switching_protocols(v, &upgrade));
-                conn.ledger.upgraded = true;
                 self.table.metrics.upgraded += 1;
                 conn.phase = Phase::Open;
                 conn.upgraded = true;
                 conn.route = route;
-                conn.deadline = now.saturating_add(self.limits.ping_interval);
-                conn.expires =
-                    now.saturating_add(lifetime::spread(self.limits.max_age, self.rng.next_u64()));
+                conn.deadline = conn.stamp(now.saturating_add(self.limits.ping_interval));
+                let age = lifetime::spread(self.limits.max_age, self.rng.next_u64());
+                conn.expires = conn.stamp(now.saturating_add(age.min(LONGEST_AGE)));
                 if self.deployment.project_id.is_some() {
                     conn.trace = trace.map(Box::new);
                 }
@@ -930,7 +958,7 @@ impl<S: Transport> Engine<S> {
             }
             match event {
                 Event::Message { kind, payload } => {
-                    conn.ledger.messages_in += 1;
+                    conn.ledger.message_in();
                     self.table.metrics.messages_in += 1;
                     let route = conn.route;
                     let (assembled, range) = match payload {
@@ -948,7 +976,7 @@ impl<S: Transport> Engine<S> {
                     match route {
                         Route::Echo => {
                             conn.out.push_with(|v| write_frame(v, kind.opcode(), data));
-                            conn.ledger.messages_out += 1;
+                            conn.ledger.message_out();
                             self.table.metrics.messages_out += 1;
                             self.table.mark_dirty(key);
                         }
@@ -1048,7 +1076,9 @@ impl<S: Transport> Engine<S> {
             return;
         };
         peer.conn.phase = phase;
-        peer.conn.deadline = now.saturating_add(self.limits.close_timeout);
+        peer.conn.deadline = peer
+            .conn
+            .stamp(now.saturating_add(self.limits.close_timeout));
         self.table.mark_dirty(key);
     }
 

@@ -427,7 +427,9 @@ pub struct Decoder {
     message: Spill,
     utf8: Utf8Validator,
     /// The largest data message accepted, in bytes.
-    max_message: usize,
+    /// A `u32`, 8 bytes less per connection: a limit above 4 GiB is taken
+    /// as 4 GiB - 1.
+    max_message: u32,
 }
 
 impl Decoder {
@@ -439,7 +441,7 @@ impl Decoder {
             assembling: None,
             message: Spill::default(),
             utf8: Utf8Validator::new(),
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
         }
     }
 
@@ -613,7 +615,7 @@ impl Decoder {
                 if self.assembling.is_some() {
                     return Err(self.fail(FrameError::ExpectedContinuation, skip));
                 }
-                if len > self.max_message as u64 {
+                if len > u64::from(self.max_message) {
                     return Err(self.fail(FrameError::MessageTooBig, skip));
                 }
                 let kind = if header.opcode == OpCode::Text {
@@ -642,7 +644,7 @@ impl Decoder {
                 if self.assembling.is_none() {
                     return Err(self.fail(FrameError::UnexpectedContinuation, skip));
                 }
-                if len > (self.max_message - self.message.len()) as u64 {
+                if len > (self.max_message as usize - self.message.len()) as u64 {
                     return Err(self.fail(FrameError::MessageTooBig, skip));
                 }
             }
