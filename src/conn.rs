@@ -533,6 +533,15 @@ impl<S: Transport> Engine<S> {
                     self.doom(key);
                 }
                 Ok(true) => {
+                    if conn.ledger.messages_in == 0 {
+                        // Written out before the peer said anything: the
+                        // upgrade's answer and greeting, usually, after
+                        // which most connections fall idle. Their queue
+                        // state is freed now rather than by the timer, so
+                        // that a crowd connecting at once does not hold a
+                        // queue each until the next ticks.
+                        conn.out.release_all();
+                    }
                     if conn.phase == Phase::Finished {
                         self.doom(key);
                     } else if conn.phase == Phase::Lingering && !conn.write_shut {
@@ -607,7 +616,7 @@ impl<S: Transport> Engine<S> {
             fields.extend(conn.ledger.end_fields(now, conn.route.name()));
             if let Some(m) = &conn.member {
                 fields.push(("clientId", m.client_id.to_string().into()));
-                fields.push(("room", m.last_room.as_deref().into()));
+                fields.push(("room", m.last_room.as_deref().map(|r| &**r).into()));
                 if let Some(user) = m.identity.as_ref().and_then(|i| i.user_id.as_deref()) {
                     fields.push(("userId", user.into()));
                 }

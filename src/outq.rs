@@ -120,6 +120,13 @@ impl OutQueue {
         }
     }
 
+    /// Frees everything an empty queue holds, at once.
+    pub fn release_all(&mut self) {
+        if self.is_empty() {
+            self.queue = None;
+        }
+    }
+
     /// Frees what an empty queue holds: its segment list when it grew in a
     /// burst or nothing was queued since the last call, and the whole state
     /// once it is back to that of a new queue. Called periodically.
