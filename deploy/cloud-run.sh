@@ -28,8 +28,9 @@ IMAGE="${IMAGE:-$REGION-docker.pkg.dev/$PROJECT/roomcast/roomcast:latest}"
 # --memory 512Mi: with the message and queue limits below, 1,000 clients
 #   that all hold the most they may still fit.
 # --min-instances 1: no cold start for the first client after a quiet spell.
-# --max-instances 1: a room lives in one instance; until rooms are shared
-#   between instances, a second one would split rooms.
+# --max-instances 1: without REDIS_URL a room lives in one instance, and a
+#   second instance would split rooms. With REDIS_URL set (see the README's
+#   "Several instances"), raise it: MAX_INSTANCES=10 deploy/cloud-run.sh.
 # probes: startup polls /healthz every second for up to 10 s (roomcast
 #   listens within milliseconds); liveness restarts an instance whose loop
 #   has not answered /healthz for 30 s.
@@ -43,6 +44,9 @@ LIVENESS_PROBE+=",periodSeconds=10,timeoutSeconds=1,failureThreshold=3"
 ENV_VARS="GOOGLE_CLOUD_PROJECT=$PROJECT,MAX_CONNECTION_AGE=54m,DRAIN_TIMEOUT=8s"
 ENV_VARS+=",MAX_MESSAGE_SIZE=65536,ECHO_MAX_MESSAGE_SIZE=65536,MAX_QUEUED_BYTES=262144"
 ENV_VARS+=",LOG_LEVEL=info"
+if [ -n "${REDIS_URL:-}" ]; then
+    ENV_VARS+=",REDIS_URL=$REDIS_URL"
+fi
 
 gcloud run deploy "$SERVICE" \
     --project "$PROJECT" \
@@ -56,7 +60,7 @@ gcloud run deploy "$SERVICE" \
     --cpu 1 \
     --memory 512Mi \
     --min-instances 1 \
-    --max-instances 1 \
+    --max-instances "${MAX_INSTANCES:-1}" \
     --startup-probe "$STARTUP_PROBE" \
     --liveness-probe "$LIVENESS_PROBE" \
     --set-env-vars "$ENV_VARS"

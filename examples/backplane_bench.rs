@@ -50,7 +50,14 @@ fn args() -> Args {
             "--messages" => a.messages = value(),
             "--rate" => a.rate = value(),
             "--subscriptions" => a.subscriptions = true,
-            other => panic!("unknown flag {other}"),
+            "-h" | "--help" => {
+                println!("usage: backplane_bench [--members N] [--messages N] [--rate N] | --subscriptions");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("unknown flag {other}; see --help");
+                std::process::exit(2);
+            }
         }
     }
     a
@@ -101,6 +108,10 @@ fn start_roomcast(redis: Option<&str>) -> (Proc, String) {
     let mut cmd = Command::new(bin);
     cmd.args(["--host", "127.0.0.1", "--port", "0"])
         .args(["--max-queued-bytes", "268435456"])
+        // The defaults guard a public endpoint; one sender per instance
+        // sending flat out would be rate limited after its burst.
+        .args(["--rate-limit", "1000000000", "--rate-burst", "1000000000"])
+        .args(["--max-connections-per-ip", "20000"])
         .env_remove("REDIS_URL")
         .stdout(Stdio::piped());
     if let Some(url) = redis {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 
 use crate::auth::Verifier;
@@ -114,7 +115,7 @@ pub struct Config {
 
     /// Take the client address from the right-most X-Forwarded-For entry,
     /// the one the proxy in front (Cloud Run's) appended.
-    #[arg(long, env = "TRUST_PROXY")]
+    #[arg(long, env = "TRUST_PROXY", value_parser = BoolishValueParser::new())]
     pub trust_proxy: bool,
 
     /// Rooms at once; a join that would create another gets an error.
@@ -150,7 +151,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
 
     /// Refuse upgrades that carry no Origin header (non-browser clients).
-    #[arg(long, env = "REQUIRE_ORIGIN")]
+    #[arg(long, env = "REQUIRE_ORIGIN", value_parser = BoolishValueParser::new())]
     pub require_origin: bool,
 }
 
