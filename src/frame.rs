@@ -368,6 +368,8 @@ enum State {
 /// Bytes a decoder keeps between reads: a null pointer until the first byte,
 /// so that the decoder of an idle connection is 8 bytes per buffer rather
 /// than a 24-byte empty vector.
+// The box is the point: eight bytes per buffer instead of 24.
+#[allow(clippy::box_collection)]
 #[derive(Debug, Default)]
 struct Spill(Option<Box<Vec<u8>>>);
 

@@ -141,11 +141,6 @@ impl OutQueue {
 }
 
 impl Queue {
-    /// Bytes waiting.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len == 0
