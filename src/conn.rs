@@ -1678,6 +1678,49 @@ mod tests {
     }
 
     #[test]
+    fn timers_far_from_the_clocks_start_and_an_age_beyond_the_cap() {
+        // Timers are kept relative to the accept time: a connection
+        // accepted late in the engine's life times out like any other, and
+        // an age beyond LONGEST_AGE is cut to it.
+        const DAY: u64 = 24 * 3_600_000;
+        let t0 = 1 << 40;
+        let mut engine = Engine::new(
+            Limits {
+                max_age: u64::MAX,
+                ping_interval: 30 * DAY,
+                ..limits()
+            },
+            "t",
+        );
+        let key = engine.accept(
+            Wire {
+                room: usize::MAX,
+                ..Wire::default()
+            },
+            t0,
+        );
+        let mut req = UPGRADE.replace("/PATH", "/").into_bytes();
+        engine.on_input(key, &mut req, t0);
+        engine.flush(t0);
+        let phase = |engine: &Engine<Wire>| engine.peer(key).unwrap().conn.phase();
+        engine.tick(t0 + LONGEST_AGE - 1);
+        engine.flush(t0 + LONGEST_AGE - 1);
+        assert_eq!(phase(&engine), Phase::Open);
+        engine.tick(t0 + LONGEST_AGE);
+        engine.flush(t0 + LONGEST_AGE);
+        assert_eq!(
+            phase(&engine),
+            Phase::Closing,
+            "asked to reconnect at the cap"
+        );
+        engine.tick(t0 + LONGEST_AGE + limits().close_timeout);
+        assert!(
+            engine.take_doomed(usize::MAX).contains(&key),
+            "dropped when the close times out"
+        );
+    }
+
+    #[test]
     fn maximum_age_is_spread_ten_percent_either_way() {
         // limits().max_age is 100 s: every connection is asked to reconnect
         // between 90 s and 110 s, not all at the same moment.
