@@ -30,7 +30,10 @@ pub struct Member {
     /// The room the connection is in, if any.
     pub membership: Option<Membership>,
     /// The room it joined last, kept after it leaves, for the log.
-    pub last_room: Option<Box<str>>,
+    /// Boxed twice so that the field is one thin pointer: 8 bytes less on
+    /// every connection, for a name only the end-of-connection log reads.
+    #[allow(clippy::redundant_allocation)]
+    pub last_room: Option<Box<Box<str>>>,
     /// What its token said, when auth is on.
     pub identity: Option<Rc<Identity>>,
 }
@@ -335,7 +338,7 @@ impl Chat {
         let at = self.rooms.join(&name, who);
         if let Some(member) = out.member(who) {
             member.membership = Some(at);
-            member.last_room = Some(name.as_ref().into());
+            member.last_room = Some(Box::new(name.as_ref().into()));
         }
         let room = self.rooms.get(at.room).expect("just joined");
         if let Some(backplane) = &self.backplane {

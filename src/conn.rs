@@ -120,19 +120,29 @@ pub enum Phase {
     Lingering,
 }
 
+// The bits of a connection's `flags` byte.
+
+/// Set once the sending half is shut down.
+const WRITE_SHUT: u8 = 1;
+/// Set while queued on the table's dirty list.
+const DIRTY: u8 = 1 << 1;
+/// Set once on the engine's doomed list.
+const DOOMED: u8 = 1 << 2;
+/// Set when the socket refused bytes; cleared when it says it is writable
+/// again, so a stalled peer costs no system call per message.
+const WRITE_BLOCKED: u8 = 1 << 3;
+/// Set once the upgrade succeeds, whatever happens after.
+const UPGRADED: u8 = 1 << 4;
+/// Set once `ip` is counted against `--max-connections-per-ip`.
+const COUNTED: u8 = 1 << 5;
+
 /// One peer's state.
 pub struct Connection {
     phase: Phase,
     route: Route,
-    /// Set once the sending half is shut down.
-    write_shut: bool,
-    /// Set while queued on the table's dirty list.
-    dirty: bool,
-    /// Set once on the engine's doomed list.
-    doomed: bool,
-    /// Set when the socket refused bytes; cleared when it says it is
-    /// writable again, so a stalled peer costs no system call per message.
-    write_blocked: bool,
+    /// [`WRITE_SHUT`], [`DIRTY`], [`DOOMED`], [`WRITE_BLOCKED`],
+    /// [`UPGRADED`] and [`COUNTED`]: one byte where six `bool`s took six.
+    flags: u8,
     /// The request head so far, while it spans several reads. Boxed: it is
     /// rare, and every idle connection would carry the empty vector.
     // The box is the point: eight bytes per connection instead of 24.
@@ -141,23 +151,22 @@ pub struct Connection {
     decoder: Decoder,
     out: OutQueue,
     /// When the current phase runs out (handshake, closing, lingering), or,
-    /// while open, when the next ping is due.
-    deadline: u64,
+    /// while open, when the next ping is due. This and the next two are
+    /// milliseconds after `ledger.opened_at`: see [`Connection::stamp`].
+    deadline: u32,
     /// When the peer last sent anything.
-    last_seen: u64,
-    /// When an open WebSocket is asked to reconnect: its maximum age.
-    expires: u64,
-    /// Set once the upgrade succeeds, whatever happens after.
-    upgraded: bool,
+    last_seen: u32,
+    /// When an open WebSocket is asked to reconnect: its maximum age, at
+    /// most [`LONGEST_AGE`]; `u32::MAX` before the upgrade.
+    expires: u32,
     /// The upgrade request's trace, kept only when its log lines can name
     /// it (a project is configured); boxed, as most connections have none.
     trace: Option<Box<TraceContext>>,
     member: Option<Member>,
-    /// The TCP peer's address.
-    peer_ip: IpAddr,
-    /// The client address counted against `--max-connections-per-ip`,
-    /// once upgraded.
-    counted_ip: Option<IpAddr>,
+    /// The TCP peer's address until the upgrade; from then on the client
+    /// address (which `--trust-proxy` may take from `X-Forwarded-For`).
+    ip: IpAddr,
+
     bucket: TokenBucket,
     /// Traffic and ending, for the metrics and the end-of-connection log.
     ledger: Ledger,
@@ -168,24 +177,43 @@ impl Connection {
         Connection {
             phase: Phase::Handshake,
             route: Route::Chat,
-            write_shut: false,
-            dirty: false,
-            doomed: false,
-            write_blocked: false,
+            flags: 0,
             head: None,
             decoder: Decoder::new(0),
             out: OutQueue::new(),
-            deadline: now.saturating_add(limits.handshake_timeout),
-            last_seen: now,
-            expires: u64::MAX,
-            upgraded: false,
+            deadline: stamp(now, now.saturating_add(limits.handshake_timeout)),
+            last_seen: 0,
+            expires: u32::MAX,
             trace: None,
             member: None,
-            peer_ip,
-            counted_ip: None,
+            ip: peer_ip,
             bucket: TokenBucket::new(&policy.admission.rate, now),
             ledger: Ledger::new(now),
         }
+    }
+
+    /// Whether `flag` is set.
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Sets or clears `flag`.
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// `at` as a stamp: milliseconds after the connection was accepted.
+    fn stamp(&self, at: u64) -> u32 {
+        stamp(self.ledger.opened_at, at)
+    }
+
+    /// The engine time of a stamp.
+    fn time(&self, stamp: u32) -> u64 {
+        self.ledger.opened_at.saturating_add(u64::from(stamp))
     }
 
     /// Where the connection is in its life.
@@ -197,6 +225,20 @@ impl Connection {
     pub fn queued(&self) -> usize {
         self.out.len()
     }
+}
+
+/// The longest a WebSocket is kept open before it is asked to reconnect,
+/// whatever `--max-connection-age` says: 40 days, so that its timers, kept
+/// as 32-bit milliseconds after it was accepted (8 bytes less per idle
+/// connection than three 64-bit instants), never reach their limit of 49.7
+/// days while it is open. Only a timeout configured at more than 9 days
+/// (handshake, close or ping) could still reach it; such a timer then
+/// fires at 49.7 days of age, earlier than configured.
+pub const LONGEST_AGE: u64 = 40 * 24 * 3_600_000;
+
+/// `at` in milliseconds after `opened_at`, saturating at `u32::MAX`.
+fn stamp(opened_at: u64, at: u64) -> u32 {
+    u32::try_from(at.saturating_sub(opened_at)).unwrap_or(u32::MAX)
 }
 
 /// A connection and its transport.
@@ -231,7 +273,7 @@ impl<S> Outbox for Table<S> {
         if let Some(peer) = self.peers.get_mut(to) {
             if peer.conn.phase == Phase::Open {
                 peer.conn.out.push_bytes(frame);
-                peer.conn.ledger.messages_out += 1;
+                peer.conn.ledger.message_out();
                 self.metrics.messages_out += 1;
                 mark_dirty_conn(&mut peer.conn, &mut self.dirty, to);
             }
@@ -242,7 +284,7 @@ impl<S> Outbox for Table<S> {
         if let Some(peer) = self.peers.get_mut(to) {
             if peer.conn.phase == Phase::Open {
                 peer.conn.out.push_shared(frame);
-                peer.conn.ledger.messages_out += 1;
+                peer.conn.ledger.message_out();
                 self.metrics.messages_out += 1;
                 mark_dirty_conn(&mut peer.conn, &mut self.dirty, to);
             }
@@ -441,12 +483,12 @@ impl<S: Transport> Engine<S> {
         let Some(peer) = self.table.peers.get_mut(key) else {
             return;
         };
-        if peer.conn.doomed {
+        if peer.conn.has(DOOMED) {
             // Already on its way out (a handshake cut short by shutdown,
             // say): nothing it says can change that.
             return;
         }
-        peer.conn.last_seen = now;
+        peer.conn.last_seen = peer.conn.stamp(now);
         peer.conn.ledger.bytes_in += input.len() as u64;
         self.table.metrics.bytes_in += input.len() as u64;
         match peer.conn.phase {
@@ -475,7 +517,7 @@ impl<S: Transport> Engine<S> {
     /// The socket can take bytes again.
     pub fn on_writable(&mut self, key: Key) {
         if let Some(peer) = self.table.peers.get_mut(key) {
-            peer.conn.write_blocked = false;
+            peer.conn.set(WRITE_BLOCKED, false);
             if !peer.conn.out.is_empty() || peer.conn.phase >= Phase::Finished {
                 self.table.mark_dirty(key);
             }
@@ -491,9 +533,9 @@ impl<S: Transport> Engine<S> {
                 continue;
             };
             let conn = &mut peer.conn;
-            conn.dirty = false;
+            conn.set(DIRTY, false);
             let before = conn.out.len();
-            let flushed = if conn.write_blocked {
+            let flushed = if conn.has(WRITE_BLOCKED) {
                 Ok(false)
             } else {
                 conn.out.flush_to(&mut peer.socket)
@@ -507,17 +549,26 @@ impl<S: Transport> Engine<S> {
                     self.doom(key);
                 }
                 Ok(true) => {
+                    if conn.ledger.messages_in == 0 {
+                        // Written out before the peer said anything: the
+                        // upgrade's answer and greeting, usually, after
+                        // which most connections fall idle. Their queue
+                        // state is freed now rather than by the timer, so
+                        // that a crowd connecting at once does not hold a
+                        // queue each until the next ticks.
+                        conn.out.release_all();
+                    }
                     if conn.phase == Phase::Finished {
                         self.doom(key);
-                    } else if conn.phase == Phase::Lingering && !conn.write_shut {
-                        conn.write_shut = true;
+                    } else if conn.phase == Phase::Lingering && !conn.has(WRITE_SHUT) {
+                        conn.set(WRITE_SHUT, true);
                         if peer.socket.shutdown_write().is_err() {
                             self.doom(key);
                         }
                     }
                 }
                 Ok(false) => {
-                    conn.write_blocked = true;
+                    conn.set(WRITE_BLOCKED, true);
                     if conn.out.len() > self.limits.queue_bound(conn.route)
                         && conn.phase == Phase::Open
                     {
@@ -559,7 +610,7 @@ impl<S: Transport> Engine<S> {
         }
         self.leave_open(key);
         let peer = self.table.peers.remove(key)?;
-        if peer.conn.upgraded {
+        if peer.conn.has(UPGRADED) {
             self.table.websockets -= 1;
         }
         self.ended(key, &peer.conn);
@@ -569,10 +620,10 @@ impl<S: Transport> Engine<S> {
     /// Counts and logs the end of a connection about to be dropped.
     fn ended(&mut self, key: Key, conn: &Connection) {
         let now = self.last_now;
-        if let Some(ip) = conn.counted_ip {
-            self.per_ip.remove(ip);
+        if conn.has(COUNTED) {
+            self.per_ip.remove(conn.ip);
         }
-        if !conn.ledger.upgraded {
+        if !conn.has(UPGRADED) {
             return;
         }
         self.table.metrics.closed(conn.ledger.code());
@@ -581,7 +632,7 @@ impl<S: Transport> Engine<S> {
             fields.extend(conn.ledger.end_fields(now, conn.route.name()));
             if let Some(m) = &conn.member {
                 fields.push(("clientId", m.client_id.to_string().into()));
-                fields.push(("room", m.last_room.as_deref().into()));
+                fields.push(("room", m.last_room.as_deref().map(|r| &**r).into()));
                 if let Some(user) = m.identity.as_ref().and_then(|i| i.user_id.as_deref()) {
                     fields.push(("userId", user.into()));
                 }
@@ -601,7 +652,7 @@ impl<S: Transport> Engine<S> {
         if peer.conn.phase == Phase::Open {
             self.table.open -= 1;
         }
-        if peer.conn.upgraded {
+        if peer.conn.has(UPGRADED) {
             self.table.websockets -= 1;
         }
         peer.conn.ledger.ended(1011, Closer::Server);
@@ -621,17 +672,17 @@ impl<S: Transport> Engine<S> {
             let conn = &mut peer.conn;
             match conn.phase {
                 Phase::Handshake | Phase::Closing | Phase::Finished | Phase::Lingering => {
-                    if now >= conn.deadline {
+                    if now >= conn.time(conn.deadline) {
                         expired.push(key);
                     }
                 }
                 Phase::Open => {
-                    if now.saturating_sub(conn.last_seen) >= interval.saturating_mul(2) {
+                    if now.saturating_sub(conn.time(conn.last_seen)) >= interval.saturating_mul(2) {
                         expired.push(key);
-                    } else if now >= conn.expires {
+                    } else if now >= conn.time(conn.expires) {
                         aged.push(key);
-                    } else if now >= conn.deadline {
-                        conn.deadline = now.saturating_add(interval);
+                    } else if now >= conn.time(conn.deadline) {
+                        conn.deadline = conn.stamp(now.saturating_add(interval));
                         conn.out.push_with(|v| write_frame(v, OpCode::Ping, b""));
                         mark_dirty_conn(conn, dirty, key);
                     }
@@ -650,7 +701,7 @@ impl<S: Transport> Engine<S> {
                             &conn_fields(key, conn, &self.deployment),
                         );
                     }
-                    Phase::Handshake if !conn.doomed => {
+                    Phase::Handshake if !conn.has(DOOMED) => {
                         self.table.metrics.refused(Refusal::Timeout);
                     }
                     _ => {}
@@ -727,8 +778,8 @@ impl<S: Transport> Engine<S> {
 
     fn doom(&mut self, key: Key) {
         if let Some(peer) = self.table.peers.get_mut(key) {
-            if !peer.conn.doomed {
-                peer.conn.doomed = true;
+            if !peer.conn.has(DOOMED) {
+                peer.conn.set(DOOMED, true);
                 self.doomed.push(key);
             }
         }
@@ -750,7 +801,7 @@ impl<S: Transport> Engine<S> {
             return;
         };
         let conn = &mut peer.conn;
-        let peer_ip = conn.peer_ip;
+        let peer_ip = conn.ip;
         let seen = conn.head.as_deref().map_or(0, Vec::len);
         let from_head = seen > 0;
         if let Some(head) = conn.head.as_mut().filter(|_| from_head) {
@@ -856,17 +907,19 @@ impl<S: Transport> Engine<S> {
                 identity,
                 counted_ip,
             } => {
-                conn.counted_ip = counted_ip;
+                if let Some(ip) = counted_ip {
+                    conn.ip = ip;
+                    conn.set(COUNTED, true);
+                }
                 conn.out
                     .push_with(|v| http::write_switching_protocols(v, &upgrade));
-                conn.ledger.upgraded = true;
                 self.table.metrics.upgraded += 1;
                 conn.phase = Phase::Open;
-                conn.upgraded = true;
+                conn.set(UPGRADED, true);
                 conn.route = route;
-                conn.deadline = now.saturating_add(self.limits.ping_interval);
-                conn.expires =
-                    now.saturating_add(lifetime::spread(self.limits.max_age, self.rng.next_u64()));
+                conn.deadline = conn.stamp(now.saturating_add(self.limits.ping_interval));
+                let age = lifetime::spread(self.limits.max_age, self.rng.next_u64());
+                conn.expires = conn.stamp(now.saturating_add(age.min(LONGEST_AGE)));
                 if self.deployment.project_id.is_some() {
                     conn.trace = trace.map(Box::new);
                 }
@@ -930,7 +983,7 @@ impl<S: Transport> Engine<S> {
             }
             match event {
                 Event::Message { kind, payload } => {
-                    conn.ledger.messages_in += 1;
+                    conn.ledger.message_in();
                     self.table.metrics.messages_in += 1;
                     let route = conn.route;
                     let (assembled, range) = match payload {
@@ -948,7 +1001,7 @@ impl<S: Transport> Engine<S> {
                     match route {
                         Route::Echo => {
                             conn.out.push_with(|v| write_frame(v, kind.opcode(), data));
-                            conn.ledger.messages_out += 1;
+                            conn.ledger.message_out();
                             self.table.metrics.messages_out += 1;
                             self.table.mark_dirty(key);
                         }
@@ -1048,7 +1101,9 @@ impl<S: Transport> Engine<S> {
             return;
         };
         peer.conn.phase = phase;
-        peer.conn.deadline = now.saturating_add(self.limits.close_timeout);
+        peer.conn.deadline = peer
+            .conn
+            .stamp(now.saturating_add(self.limits.close_timeout));
         self.table.mark_dirty(key);
     }
 
@@ -1080,8 +1135,8 @@ fn conn_fields(key: Key, conn: &Connection, deployment: &Deployment) -> Vec<(&'s
 }
 
 fn mark_dirty_conn(conn: &mut Connection, dirty: &mut Vec<Key>, key: Key) {
-    if !conn.dirty {
-        conn.dirty = true;
+    if !conn.has(DIRTY) {
+        conn.set(DIRTY, true);
         dirty.push(key);
     }
 }
@@ -1623,6 +1678,49 @@ mod tests {
     }
 
     #[test]
+    fn timers_far_from_the_clocks_start_and_an_age_beyond_the_cap() {
+        // Timers are kept relative to the accept time: a connection
+        // accepted late in the engine's life times out like any other, and
+        // an age beyond LONGEST_AGE is cut to it.
+        const DAY: u64 = 24 * 3_600_000;
+        let t0 = 1 << 40;
+        let mut engine = Engine::new(
+            Limits {
+                max_age: u64::MAX,
+                ping_interval: 30 * DAY,
+                ..limits()
+            },
+            "t",
+        );
+        let key = engine.accept(
+            Wire {
+                room: usize::MAX,
+                ..Wire::default()
+            },
+            t0,
+        );
+        let mut req = UPGRADE.replace("/PATH", "/").into_bytes();
+        engine.on_input(key, &mut req, t0);
+        engine.flush(t0);
+        let phase = |engine: &Engine<Wire>| engine.peer(key).unwrap().conn.phase();
+        engine.tick(t0 + LONGEST_AGE - 1);
+        engine.flush(t0 + LONGEST_AGE - 1);
+        assert_eq!(phase(&engine), Phase::Open);
+        engine.tick(t0 + LONGEST_AGE);
+        engine.flush(t0 + LONGEST_AGE);
+        assert_eq!(
+            phase(&engine),
+            Phase::Closing,
+            "asked to reconnect at the cap"
+        );
+        engine.tick(t0 + LONGEST_AGE + limits().close_timeout);
+        assert!(
+            engine.take_doomed(usize::MAX).contains(&key),
+            "dropped when the close times out"
+        );
+    }
+
+    #[test]
     fn maximum_age_is_spread_ten_percent_either_way() {
         // limits().max_age is 100 s: every connection is asked to reconnect
         // between 90 s and 110 s, not all at the same moment.
@@ -1674,5 +1772,20 @@ mod tests {
         got.retain(|(op, _)| *op != OpCode::Ping);
         assert_eq!(got.len(), 1, "echo gets the close alone: {got:?}");
         assert_eq!(&got[0].1[..2], &1001u16.to_be_bytes());
+    }
+}
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// Idle memory is mostly this struct: at 216 bytes, plus the socket and
+    /// the slab's generation, an idle connection costs about 256 bytes of
+    /// RSS. A field that makes it larger must be boxed or packed instead.
+    #[test]
+    fn an_idle_connection_stays_small() {
+        let conn = std::mem::size_of::<Connection>();
+        assert!(conn <= 216, "Connection grew to {conn} bytes");
+        let entry = Slab::<Connection>::entry_size();
+        assert!(entry <= 224, "its slab entry grew to {entry} bytes");
     }
 }

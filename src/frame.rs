@@ -365,6 +365,54 @@ enum State {
     },
 }
 
+/// Bytes a decoder keeps between reads: a null pointer until the first byte,
+/// so that the decoder of an idle connection is 8 bytes per buffer rather
+/// than a 24-byte empty vector.
+// The box is the point: eight bytes per buffer instead of 24.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+struct Spill(Option<Box<Vec<u8>>>);
+
+impl Spill {
+    fn vec(&mut self) -> &mut Vec<u8> {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.vec().extend_from_slice(bytes);
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.vec().push(byte);
+    }
+
+    /// Empties it, keeping its capacity for the next bytes.
+    fn clear(&mut self) {
+        if let Some(v) = &mut self.0 {
+            v.clear();
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.capacity())
+    }
+
+    /// The bytes, leaving it unallocated.
+    fn take(&mut self) -> Vec<u8> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Spill {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Streaming decoder for the frames one client sends.
 ///
 /// Feed it each read's bytes with [`Decoder::decode`]; it returns one event
@@ -373,15 +421,17 @@ enum State {
 pub struct Decoder {
     state: State,
     /// An unfinished header, or the payload of an unfinished control frame.
-    partial: Vec<u8>,
+    partial: Spill,
     /// The kind of the data message being assembled, if one is.
     assembling: Option<MessageKind>,
     /// The message being assembled: fragments so far, or a frame split
     /// across reads.
-    message: Vec<u8>,
+    message: Spill,
     utf8: Utf8Validator,
     /// The largest data message accepted, in bytes.
-    max_message: usize,
+    /// A `u32`, 8 bytes less per connection: a limit above 4 GiB is taken
+    /// as 4 GiB - 1.
+    max_message: u32,
 }
 
 impl Decoder {
@@ -389,11 +439,11 @@ impl Decoder {
     pub fn new(max_message: usize) -> Self {
         Decoder {
             state: State::Header,
-            partial: Vec::new(),
+            partial: Spill::default(),
             assembling: None,
-            message: Vec::new(),
+            message: Spill::default(),
             utf8: Utf8Validator::new(),
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
         }
     }
 
@@ -406,7 +456,7 @@ impl Decoder {
     /// [`Payload::Assembled`]. The decoder keeps no buffer after it: an
     /// idle connection holds none.
     pub fn take_message(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.message)
+        self.message.take()
     }
 
     /// Decodes from `input[*pos..]`, advancing `*pos` past what it used.
@@ -567,7 +617,7 @@ impl Decoder {
                 if self.assembling.is_some() {
                     return Err(self.fail(FrameError::ExpectedContinuation, skip));
                 }
-                if len > self.max_message as u64 {
+                if len > u64::from(self.max_message) {
                     return Err(self.fail(FrameError::MessageTooBig, skip));
                 }
                 let kind = if header.opcode == OpCode::Text {
@@ -596,7 +646,7 @@ impl Decoder {
                 if self.assembling.is_none() {
                     return Err(self.fail(FrameError::UnexpectedContinuation, skip));
                 }
-                if len > (self.max_message - self.message.len()) as u64 {
+                if len > (self.max_message as usize - self.message.len()) as u64 {
                     return Err(self.fail(FrameError::MessageTooBig, skip));
                 }
             }
@@ -626,8 +676,8 @@ impl Decoder {
     fn fail(&mut self, err: FrameError, next: State) -> FrameError {
         self.state = next;
         self.assembling = None;
-        self.message = Vec::new();
-        self.partial = Vec::new();
+        self.message = Spill::default();
+        self.partial = Spill::default();
         err
     }
 

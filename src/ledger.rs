@@ -34,12 +34,11 @@ pub const ABNORMAL: u16 = 1006;
 pub struct Ledger {
     /// When it was accepted, in engine milliseconds.
     pub opened_at: u64,
-    /// Whether it became a WebSocket; only those are counted as closed.
-    pub upgraded: bool,
-    /// Data messages received.
-    pub messages_in: u64,
-    /// Data messages queued to it.
-    pub messages_out: u64,
+    /// Data messages received. A `u32` to keep idle connections small; it
+    /// saturates, so past 4,294,967,295 messages the log line understates.
+    pub messages_in: u32,
+    /// Data messages queued to it; a `u32`, saturating, as `messages_in`.
+    pub messages_out: u32,
     /// Bytes read from it, request head included.
     pub bytes_in: u64,
     /// Bytes written to it, response head included.
@@ -53,13 +52,22 @@ impl Ledger {
     pub fn new(now: u64) -> Self {
         Ledger {
             opened_at: now,
-            upgraded: false,
             messages_in: 0,
             messages_out: 0,
             bytes_in: 0,
             bytes_out: 0,
             end: None,
         }
+    }
+
+    /// Counts one data message received.
+    pub fn message_in(&mut self) {
+        self.messages_in = self.messages_in.saturating_add(1);
+    }
+
+    /// Counts one data message queued to it.
+    pub fn message_out(&mut self) {
+        self.messages_out = self.messages_out.saturating_add(1);
     }
 
     /// Records how the connection ended, unless that is already known.

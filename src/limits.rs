@@ -66,12 +66,14 @@ pub enum Verdict {
 
 /// One connection's token bucket. Tokens are counted in thousandths, so a
 /// rate of `r` per second refills `r` thousandths per millisecond, exactly.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TokenBucket {
     milli_tokens: u64,
     last_refill: u64,
     /// When the current streak of refusals began, and the last refusal.
-    streak: Option<(u64, u64)>,
+    /// Boxed: only a client over its rate has one, and every idle
+    /// connection would otherwise carry 24 bytes for it.
+    streak: Option<Box<(u64, u64)>>,
 }
 
 impl TokenBucket {
@@ -97,11 +99,11 @@ impl TokenBucket {
             self.milli_tokens -= 1000;
             return Verdict::Allow;
         }
-        let start = match self.streak {
-            Some((start, last)) if now.saturating_sub(last) <= STREAK_GAP_MS => start,
+        let start = match self.streak.as_deref() {
+            Some(&(start, last)) if now.saturating_sub(last) <= STREAK_GAP_MS => start,
             _ => now,
         };
-        self.streak = Some((start, now));
+        **self.streak.get_or_insert_with(Box::default) = (start, now);
         if now.saturating_sub(start) >= limit.close_after {
             Verdict::Close
         } else {

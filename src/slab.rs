@@ -65,6 +65,11 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
+    /// Bytes one slot takes: the value and its generation.
+    pub const fn entry_size() -> usize {
+        std::mem::size_of::<Entry<T>>()
+    }
+
     /// An empty slab.
     pub const fn new() -> Self {
         Slab {
