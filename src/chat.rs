@@ -252,6 +252,12 @@ impl Chat {
             Some(t) if !t.get().starts_with('"') => {
                 return self.reply_error(out, who, "text must be a string");
             }
+            // RFC 8259 8.2: a lone surrogate escape (`"\ud800"`) is JSON by
+            // the grammar but not Unicode, and strict parsers refuse it;
+            // forwarded as written it would break every member's client.
+            Some(t) if t.get().contains("\\u") && !is_unicode_string(t) => {
+                return self.reply_error(out, who, "text must be valid Unicode");
+            }
             Some(t) => t,
         };
         let Some(member) = out.member(who) else {
@@ -342,6 +348,11 @@ impl Chat {
     fn reply_error(&mut self, out: &mut impl Outbox, who: Key, message: &str) {
         out.send(who, encode(&mut self.scratch, &Outgoing::Error { message }));
     }
+}
+
+/// Whether a raw JSON string decodes to Unicode: no lone surrogate escape.
+fn is_unicode_string(raw: &RawValue) -> bool {
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).is_ok()
 }
 
 /// Serialises `msg` and frames it as one text frame, in `scratch`.
@@ -486,6 +497,26 @@ mod tests {
         chat.on_message(&mut t, a, br#"{"type":"join","roomId":"\ud800"}"#);
         let reply = take(&mut t, a).remove(0);
         assert_eq!(reply["message"], "roomId must be valid Unicode");
+        // Found by the chat fuzz target: a lone surrogate in a message's
+        // text was forwarded as written, and strict JSON parsers (serde_json
+        // among them) refuse what every member of the room then received.
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        take(&mut t, a);
+        for text in [r#""\ud800""#, r#""a\uDFFFb""#, r#""\ud83d\u0041""#] {
+            let msg = format!(r#"{{"type":"message","text":{text}}}"#);
+            chat.on_message(&mut t, a, msg.as_bytes());
+            let reply = take(&mut t, a).remove(0);
+            assert_eq!(reply["message"], "text must be valid Unicode", "{text}");
+        }
+        // A surrogate pair, and a backslash before a `u`, are fine.
+        chat.on_message(
+            &mut t,
+            a,
+            br#"{"type":"message","text":"\ud83d\ude00 \\u"}"#,
+        );
+        assert_eq!(take(&mut t, a)[0]["text"], "\u{1F600} \\u");
+        send(&mut chat, &mut t, a, json!({"type": "leave"}));
+        take(&mut t, a);
         send(
             &mut chat,
             &mut t,
