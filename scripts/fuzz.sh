@@ -7,9 +7,10 @@
 # Each target reads its checked-in seeds (fuzz/seeds/TARGET) and its
 # generated corpus (fuzz/corpus/TARGET, not in git), writes new inputs to
 # the latter, and uses the dictionary fuzz/dict/roomcast.dict. The script
-# stops at the first target that crashes, hangs (one input over 10 s),
-# leaks or runs out of memory; libFuzzer then prints the input's path under
-# fuzz/artifacts/TARGET. FUZZING.md says what to do next.
+# stops at the first target that crashes, hangs (one input over 30 s,
+# generous for loaded machines), leaks or runs out of memory; libFuzzer
+# then prints the input's path under fuzz/artifacts/TARGET. FUZZING.md
+# says what to do next.
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`) and a C++
 # compiler. Uses the nightly toolchain when rustup has one, otherwise the
@@ -49,6 +50,6 @@ for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target"
     echo "==> fuzz $target for ${seconds}s"
     "${fuzz[@]}" run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
-        -max_total_time="$seconds" -timeout=10 -max_len="$max_len" \
+        -max_total_time="$seconds" -timeout=30 -max_len="$max_len" \
         -dict=fuzz/dict/roomcast.dict -print_final_stats=1
 done

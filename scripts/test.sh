@@ -11,7 +11,9 @@
 #   2. cargo clippy (all targets, warnings are errors)
 #   3. the Rust tests (cargo nextest if installed, else cargo test) + doctests
 #   4. cargo build --release
-#   5. the Autobahn conformance cases 1-10 against the release binary
+#   5. every fuzz target for FUZZ_SECONDS (default 20) each (scripts/fuzz.sh;
+#      installs cargo-fuzz and a C++ compiler if missing)
+#   6. the Autobahn conformance cases 1-10 against the release binary
 #
 # Setup steps are `ensure_*` functions so new prerequisites (a redis server,
 # chromium, ...) can be added next to ensure_python_venv and called from main.
@@ -99,6 +101,21 @@ sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
     echo "installed kosoku $KOSOKU_VERSION"
 }
 
+# cargo-fuzz, and the C++ compiler it builds libFuzzer with. Fuzzing
+# needs nightly features; scripts/fuzz.sh uses nightly when rustup has
+# it, else stable with RUSTC_BOOTSTRAP=1, so no toolchain is installed.
+ensure_fuzz_tools() {
+    section "fuzz tools (cargo-fuzz, C++ compiler)"
+    if ! command -v c++ >/dev/null 2>&1; then
+        apt_install g++
+    fi
+    if cargo fuzz --version >/dev/null 2>&1; then
+        cargo fuzz --version
+    else
+        cargo install cargo-fuzz --locked
+    fi
+}
+
 # ---------------------------------------------------------------- checks
 
 run_rust_tests() {
@@ -123,6 +140,7 @@ main() {
 
     section "cargo fmt --check"
     cargo fmt --all -- --check
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
     section "cargo clippy"
     cargo clippy --all-targets -- -D warnings
@@ -131,6 +149,10 @@ main() {
 
     section "cargo build --release"
     cargo build --release
+
+    ensure_fuzz_tools
+    section "fuzz (every target, ${FUZZ_SECONDS:-20}s each)"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 
     section "autobahn (cases 1-10 against target/release/roomcast)"
     # Keep this last: its final line (`autobahn: N passed, M failed`) should

@@ -32,7 +32,11 @@ struct Table {
 impl Table {
     fn record(&mut self, to: Key, frame: &[u8]) {
         let (frames, used) = read_server_frames(frame);
-        assert_eq!((frames.len(), used), (1, frame.len()), "one whole frame per send");
+        assert_eq!(
+            (frames.len(), used),
+            (1, frame.len()),
+            "one whole frame per send"
+        );
         assert_eq!(frames[0].opcode(), 0x1, "the chat sends text frames");
         let entry = self.slab.get_mut(to).expect("sent only to live members");
         entry.1.push(frames[0].payload.clone());
@@ -129,7 +133,12 @@ fn on_message(chat: &mut Chat, table: &mut Table, who: Key, payload: &[u8]) {
     let room_before = table.slab.get(who).and_then(|(m, _)| m.membership);
     chat.on_message(table, who, payload);
     let replies = table.take(who);
-    assert_eq!(replies.len(), 1, "one reply to {:?}", String::from_utf8_lossy(payload));
+    assert_eq!(
+        replies.len(),
+        1,
+        "one reply to {:?}",
+        String::from_utf8_lossy(payload)
+    );
     let reply = parse(&replies[0]);
     let kind = reply["type"].as_str().expect("checked");
     // RFC 8259 8.1: JSON text is UTF-8. serde_json skips strings it does
@@ -137,7 +146,12 @@ fn on_message(chat: &mut Chat, table: &mut Table, who: Key, payload: &[u8]) {
     let is_json = std::str::from_utf8(payload).is_ok()
         && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok();
     let invalid_json = kind == "error" && reply["message"] == "Invalid JSON";
-    assert_eq!(invalid_json, !is_json, "{reply} for {:?}", String::from_utf8_lossy(payload));
+    assert_eq!(
+        invalid_json,
+        !is_json,
+        "{reply} for {:?}",
+        String::from_utf8_lossy(payload)
+    );
     match kind {
         "joined" => {
             let at = table.slab.get(who).unwrap().0.membership.expect("joined");

@@ -72,7 +72,9 @@ struct FrameSpec {
 impl FrameSpec {
     fn encode(&self, out: &mut Vec<u8>) {
         let payload = match &self.body {
-            Body::Join(room) => format!(r#"{{"type":"join","roomId":"r{}"}}"#, room % 4).into_bytes(),
+            Body::Join(room) => {
+                format!(r#"{{"type":"join","roomId":"r{}"}}"#, room % 4).into_bytes()
+            }
             Body::Message(text) => serde_json::json!({ "type": "message", "text": text })
                 .to_string()
                 .into_bytes(),
@@ -97,7 +99,11 @@ impl FrameSpec {
         let (opcode, rsv, key) = match self.oddity {
             244..=247 => (opcode, 0, None),
             248..=251 => (opcode, 0x10 << (self.oddity % 3), Some(self.key)),
-            252..=255 => ([0x3, 0x7, 0xB, 0xF][usize::from(self.oddity % 4)], 0, Some(self.key)),
+            252..=255 => (
+                [0x3, 0x7, 0xB, 0xF][usize::from(self.oddity % 4)],
+                0,
+                Some(self.key),
+            ),
             _ => (opcode, 0, Some(self.key)),
         };
         let b0 = (u8::from(self.fin) << 7) | rsv | opcode;
@@ -234,7 +240,9 @@ impl World {
                 let Some(end) = response_head_end(&c.pending) else {
                     continue;
                 };
-                assert!(c.pending.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+                assert!(c
+                    .pending
+                    .starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
                 c.pending.drain(..end);
                 c.head_seen = true;
             }
@@ -332,7 +340,10 @@ impl World {
         self.settle();
         let l = limits();
         for _ in 0..4 {
-            self.now += l.ping_interval.max(l.close_timeout).max(l.handshake_timeout);
+            self.now += l
+                .ping_interval
+                .max(l.close_timeout)
+                .max(l.handshake_timeout);
             self.engine.tick(self.now);
             self.settle();
         }

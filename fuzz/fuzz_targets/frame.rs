@@ -69,7 +69,10 @@ fn run(stream: &[u8], plan: &[usize], max: usize) -> Vec<Seen> {
         // The assembly buffer may grow to twice what it holds, as a Vec
         // does; a control payload or header adds at most 125 bytes more.
         let held = decoder.buffered_capacity();
-        assert!(held <= 2 * max + 512, "decoder holds {held} bytes, limit {max}");
+        assert!(
+            held <= 2 * max + 512,
+            "decoder holds {held} bytes, limit {max}"
+        );
     }
     seen
 }

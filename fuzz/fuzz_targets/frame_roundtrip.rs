@@ -47,7 +47,10 @@ enum Body {
     Bytes(Vec<u8>),
     Text(String),
     /// Long payloads, for the 16- and 64-bit length forms.
-    Repeat { byte: u8, len: u32 },
+    Repeat {
+        byte: u8,
+        len: u32,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -178,7 +181,12 @@ fn check_header_round_trip(b0: u8, op: Op, payload: &[u8], key: [u8; 4]) {
     let mut header = [0u8; 10];
     let n = encode_header(&mut header, fin, op.opcode(), payload.len());
     if b0 & 0x70 == 0 && b0 & 0x0F == op.opcode() as u8 {
-        assert_eq!(&header[..n], &reference[..n], "header for {} bytes", payload.len());
+        assert_eq!(
+            &header[..n],
+            &reference[..n],
+            "header for {} bytes",
+            payload.len()
+        );
         if fin {
             let mut written = Vec::new();
             write_frame(&mut written, op.opcode(), payload);

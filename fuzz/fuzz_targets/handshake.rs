@@ -94,7 +94,11 @@ fn read_response(bytes: &[u8]) -> (u16, Vec<(String, Vec<u8>)>, usize) {
         .iter()
         .map(|h| (h.name.to_owned(), h.value.to_vec()))
         .collect();
-    (resp.code.expect("a complete response has a code"), headers, used)
+    (
+        resp.code.expect("a complete response has a code"),
+        headers,
+        used,
+    )
 }
 
 /// The status the server owes a request that parsed.
@@ -102,8 +106,8 @@ fn owed_status(parsed: &Outcome, req: &Request<'_>) -> u16 {
     let Outcome::Parsed { headers, .. } = parsed else {
         unreachable!("only parsed requests are judged");
     };
-    let wants_ws = !values(headers, "upgrade").is_empty()
-        || !values(headers, "sec-websocket-key").is_empty();
+    let wants_ws =
+        !values(headers, "upgrade").is_empty() || !values(headers, "sec-websocket-key").is_empty();
     if !wants_ws {
         return match (req.method, req.path) {
             ("GET", "/") => 200,
@@ -154,7 +158,10 @@ fn check_accepted(parsed: &Outcome) {
     let decoded = BASE64.decode(keys[0]).expect("accepted key is base64");
     assert_eq!(decoded.len(), 16);
     // 6. Sec-WebSocket-Version 13.
-    assert_eq!(values(headers, "sec-websocket-version").first(), Some(&&b"13"[..]));
+    assert_eq!(
+        values(headers, "sec-websocket-version").first(),
+        Some(&&b"13"[..])
+    );
     // No body may follow: what follows the head is frames.
     assert!(values(headers, "transfer-encoding").is_empty());
     for length in values(headers, "content-length") {
@@ -200,7 +207,10 @@ fn parse_in_pieces(data: &[u8], plan: &[usize]) -> (usize, Outcome) {
             assert_eq!(resumed, fresh, "resumed at {seen}, prefix {end}");
             // The bytes before this piece were unfinished, parsed whole too.
             if seen > 0 {
-                assert_eq!(outcome(http::parse_request(&data[..seen])), Outcome::Partial);
+                assert_eq!(
+                    outcome(http::parse_request(&data[..seen])),
+                    Outcome::Partial
+                );
             }
             return (end, resumed);
         }

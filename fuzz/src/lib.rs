@@ -271,5 +271,8 @@ pub fn upgrade_request(path: &str) -> Vec<u8> {
 
 /// Where the HTTP response head in `bytes` ends, if it has.
 pub fn response_head_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
 }
