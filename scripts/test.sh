@@ -4,16 +4,20 @@
 #   scripts/test.sh
 #
 # Works on a fresh Debian/Ubuntu machine with a Rust toolchain: it sets up
-# what else it needs (a Python venv with kosoku under target/venv) and then
-# runs, stopping at the first failure:
+# what else it needs (a Python venv with kosoku and websockets under
+# target/venv, binutils' readelf, glibc's static libraries) and then runs,
+# stopping at the first failure:
 #
 #   1. cargo fmt --check
 #   2. cargo clippy (all targets, warnings are errors)
 #   3. the Rust tests (cargo nextest if installed, else cargo test) + doctests
-#   4. cargo build --release
-#   5. every fuzz target for FUZZ_SECONDS (default 20) each (scripts/fuzz.sh;
+#   4. the static release build (scripts/build-static.sh), the one the
+#      Dockerfile ships
+#   5. scripts/empty_root.py: that binary is static and serves a chat
+#      session from an empty root directory, as in a FROM scratch image
+#   6. every fuzz target for FUZZ_SECONDS (default 20) each (scripts/fuzz.sh;
 #      installs cargo-fuzz and a C++ compiler if missing)
-#   6. the Autobahn conformance cases 1-10 against the release binary
+#   7. the Autobahn conformance cases 1-10 against that binary
 #
 # Setup steps are `ensure_*` functions so new prerequisites (a redis server,
 # chromium, ...) can be added next to ensure_python_venv and called from main.
@@ -24,6 +28,7 @@ REPO_ROOT=$(pwd)
 
 VENV_DIR="$REPO_ROOT/target/venv"
 KOSOKU_VERSION="0.1.0"
+WEBSOCKETS_VERSION="15.0.1"
 
 # ---------------------------------------------------------------- helpers
 
@@ -67,14 +72,16 @@ apt_install() {
 # ---------------------------------------------------------------- setup
 
 # A venv under target/ (gitignored, removed by `cargo clean`) holding kosoku,
-# the Autobahn fuzzing client used by scripts/autobahn.py.
+# the Autobahn fuzzing client used by scripts/autobahn.py, and websockets, the
+# client scripts/empty_root.py chats with.
 ensure_python_venv() {
-    section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION)"
+    section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION, websockets==$WEBSOCKETS_VERSION)"
     local py="$VENV_DIR/bin/python"
 
     if [ -x "$py" ] && "$py" -c 'import sys; from importlib.metadata import version
-sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
-        echo "kosoku $KOSOKU_VERSION already installed"
+sys.exit(version("kosoku") != sys.argv[1] or version("websockets") != sys.argv[2])' \
+        "$KOSOKU_VERSION" "$WEBSOCKETS_VERSION" 2>/dev/null; then
+        echo "kosoku $KOSOKU_VERSION and websockets $WEBSOCKETS_VERSION already installed"
         return 0
     fi
 
@@ -97,8 +104,25 @@ sys.exit(version("kosoku") != sys.argv[1])' "$KOSOKU_VERSION" 2>/dev/null; then
             }
         fi
     fi
-    "$py" -m pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
-    echo "installed kosoku $KOSOKU_VERSION"
+    "$py" -m pip install --quiet --disable-pip-version-check \
+        "kosoku==$KOSOKU_VERSION" "websockets==$WEBSOCKETS_VERSION"
+    echo "installed kosoku $KOSOKU_VERSION and websockets $WEBSOCKETS_VERSION"
+}
+
+# What the static build and its check need: glibc's static libraries
+# (libc6-dev), readelf (binutils), ldd (libc-bin) and chroot (coreutils).
+ensure_static_toolchain() {
+    section "static build tools"
+    local missing=()
+    command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+    # gcc prints the bare name back when it has no such file.
+    local libc_a
+    libc_a=$(cc -print-file-name=libc.a 2>/dev/null || echo libc.a)
+    [ "$libc_a" != "libc.a" ] || missing+=(libc6-dev)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+    echo "readelf: $(command -v readelf); libc.a: $(cc -print-file-name=libc.a)"
 }
 
 # cargo-fuzz, and the C++ compiler it builds libFuzzer with. Fuzzing
@@ -137,6 +161,7 @@ run_rust_tests() {
 
 main() {
     ensure_python_venv
+    ensure_static_toolchain
 
     section "cargo fmt --check"
     cargo fmt --all -- --check
@@ -147,17 +172,21 @@ main() {
 
     run_rust_tests
 
-    section "cargo build --release"
-    cargo build --release
+    section "static release build (scripts/build-static.sh)"
+    local binary
+    binary=$(scripts/build-static.sh | tail -n 1)
+
+    section "empty root ($binary)"
+    "$VENV_DIR/bin/python" scripts/empty_root.py --binary "$binary"
 
     ensure_fuzz_tools
     section "fuzz (every target, ${FUZZ_SECONDS:-20}s each)"
     scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 
-    section "autobahn (cases 1-10 against target/release/roomcast)"
+    section "autobahn (cases 1-10 against $binary)"
     # Keep this last: its final line (`autobahn: N passed, M failed`) should
     # close the output.
-    "$VENV_DIR/bin/python" scripts/autobahn.py --binary target/release/roomcast
+    "$VENV_DIR/bin/python" scripts/autobahn.py --binary "$binary"
 }
 
 main "$@"

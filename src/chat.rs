@@ -80,6 +80,9 @@ enum Outgoing<'a> {
         message: &'a str,
     },
     ServerShutdown,
+    Reconnect {
+        reason: &'a str,
+    },
 }
 
 /// The fields of an incoming object that the protocol looks at, kept raw
@@ -198,6 +201,12 @@ impl Chat {
     /// The `server_shutdown` frame.
     pub fn shutdown_frame(&mut self) -> &[u8] {
         encode(&mut self.scratch, &Outgoing::ServerShutdown)
+    }
+
+    /// The `{"type":"reconnect","reason":...}` frame: the server is about to
+    /// close the connection and the client should connect again.
+    pub fn reconnect_frame(&mut self, reason: &str) -> &[u8] {
+        encode(&mut self.scratch, &Outgoing::Reconnect { reason })
     }
 
     fn join(&mut self, out: &mut impl Outbox, who: Key, room_id: Option<&RawValue>) {

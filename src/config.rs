@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::cloudrun::Deployment;
 use crate::conn::Limits;
 use crate::log::Level;
 
@@ -57,6 +58,32 @@ pub struct Config {
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "8s", value_parser = duration)]
     pub drain_timeout: Duration,
 
+    /// Age at which a WebSocket is asked to reconnect and closed with 1001;
+    /// each connection's age is spread by up to 10 % either way. The default
+    /// plus 10 % stays under Cloud Run's longest request timeout, 60m.
+    #[arg(long, env = "MAX_CONNECTION_AGE", default_value = "54m", value_parser = duration)]
+    pub max_connection_age: Duration,
+
+    /// Cloud Run service name, shown in the health report and the start-up
+    /// log line.
+    #[arg(long, env = "K_SERVICE")]
+    pub service: Option<String>,
+
+    /// Cloud Run revision name, shown in the health report and the start-up
+    /// log line.
+    #[arg(long, env = "K_REVISION")]
+    pub revision: Option<String>,
+
+    /// Cloud Run configuration name, shown in the health report and the
+    /// start-up log line.
+    #[arg(long, env = "K_CONFIGURATION")]
+    pub configuration: Option<String>,
+
+    /// Google Cloud project: a connection whose upgrade request carried
+    /// X-Cloud-Trace-Context logs its trace as projects/ID/traces/TRACE.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub project_id: Option<String>,
+
     /// Lowest log level written: debug, info, warning or error.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = level)]
     pub log_level: Level,
@@ -72,6 +99,18 @@ impl Config {
             handshake_timeout: millis(self.handshake_timeout),
             close_timeout: millis(self.close_timeout),
             ping_interval: millis(self.ping_interval),
+            max_age: millis(self.max_connection_age),
+        }
+    }
+
+    /// Where the server runs, as the flags and environment say.
+    pub fn deployment(&self) -> Deployment {
+        let name = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(Box::from);
+        Deployment {
+            service: name(&self.service),
+            revision: name(&self.revision),
+            configuration: name(&self.configuration),
+            project_id: name(&self.project_id),
         }
     }
 }

@@ -15,13 +15,20 @@
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
+use serde_json::Value;
+
 use crate::chat::{Chat, Member, Outbox};
+use crate::clock::IdRng;
 use crate::close::{parse_close_payload, CloseCode, PeerClose};
+use crate::cloudrun::Deployment;
 use crate::frame::{write_close, write_frame, Decoder, Event, FrameError, OpCode, Payload};
 use crate::http::{self, HttpError};
+use crate::lifetime;
 use crate::log;
 use crate::outq::OutQueue;
+use crate::probes::{self, Load, Readiness};
 use crate::slab::{Key, Slab};
+use crate::trace::TraceContext;
 
 /// What the engine needs of a socket.
 pub trait Transport: Read + Write {
@@ -55,6 +62,9 @@ pub struct Limits {
     pub close_timeout: u64,
     /// Ping interval; a peer silent for two of them is dropped.
     pub ping_interval: u64,
+    /// Age at which a WebSocket is asked to reconnect, before the spread
+    /// of [`lifetime::spread`].
+    pub max_age: u64,
 }
 
 impl Limits {
@@ -120,6 +130,13 @@ pub struct Connection {
     last_seen: u64,
     /// When we last sent a ping.
     last_ping: u64,
+    /// When an open WebSocket is asked to reconnect: its maximum age.
+    expires: u64,
+    /// Set once the upgrade succeeds, whatever happens after.
+    upgraded: bool,
+    /// The upgrade request's trace, kept only when its log lines can name
+    /// it (a project is configured); boxed, as most connections have none.
+    trace: Option<Box<TraceContext>>,
     member: Option<Member>,
 }
 
@@ -138,6 +155,9 @@ impl Connection {
             deadline: now.saturating_add(limits.handshake_timeout),
             last_seen: now,
             last_ping: now,
+            expires: u64::MAX,
+            upgraded: false,
+            trace: None,
             member: None,
         }
     }
@@ -167,6 +187,8 @@ pub struct Table<S> {
     dirty: Vec<Key>,
     /// Connections in the Open phase.
     open: usize,
+    /// Upgraded connections not yet removed, whatever their phase.
+    websockets: usize,
 }
 
 impl<S> Table<S> {
@@ -210,6 +232,9 @@ pub struct Engine<S> {
     /// Connections to remove; the shell takes them to deregister.
     doomed: Vec<Key>,
     shutting_down: bool,
+    /// Draws each connection's spread of the maximum age.
+    rng: IdRng,
+    deployment: Deployment,
 }
 
 impl<S: Transport> Engine<S> {
@@ -220,13 +245,23 @@ impl<S: Transport> Engine<S> {
                 peers: Slab::new(),
                 dirty: Vec::new(),
                 open: 0,
+                websockets: 0,
             },
             chat: Chat::new(instance_id),
             limits,
             instance_id: instance_id.into(),
             doomed: Vec::new(),
             shutting_down: false,
+            rng: IdRng::new(),
+            deployment: Deployment::default(),
         }
+    }
+
+    /// Names the deployment in the health report, and the project that
+    /// connections' traces are logged under.
+    pub fn with_deployment(mut self, deployment: Deployment) -> Self {
+        self.deployment = deployment;
+        self
     }
 
     /// Connections of any phase.
@@ -242,6 +277,20 @@ impl<S: Transport> Engine<S> {
     /// Open WebSocket connections.
     pub fn open_connections(&self) -> usize {
         self.table.open
+    }
+
+    /// WebSocket connections not yet removed, closing ones included: what
+    /// a drain waits for. Plain HTTP requests (probes) are not counted.
+    pub fn websockets(&self) -> usize {
+        self.table.websockets
+    }
+
+    /// Whether new clients should be sent here: what `/readyz` answers.
+    pub fn readiness(&self) -> Readiness {
+        probes::readiness(&Load {
+            draining: self.shutting_down,
+            open_connections: self.table.open,
+        })
     }
 
     /// The chat app.
@@ -349,13 +398,9 @@ impl<S: Transport> Engine<S> {
                         // backlog goes, so it costs nobody else memory; it
                         // gets a close frame after the frame now in flight.
                         let dropped = conn.out.discard_unsent();
-                        log::warning(
-                            "slow consumer closed",
-                            &[
-                                ("conn", key.to_usize().into()),
-                                ("droppedBytes", dropped.into()),
-                            ],
-                        );
+                        let mut fields = conn_fields(key, conn, &self.deployment);
+                        fields.push(("droppedBytes", dropped.into()));
+                        log::warning("slow consumer closed", &fields);
                         self.begin_close(key, CloseCode::Policy, "write queue over limit", now);
                     }
                 }
@@ -378,7 +423,11 @@ impl<S: Transport> Engine<S> {
     /// connection leaves its room as it goes.
     pub fn remove(&mut self, key: Key) -> Option<S> {
         self.leave_open(key);
-        self.table.peers.remove(key).map(|p| p.socket)
+        let peer = self.table.peers.remove(key)?;
+        if peer.conn.upgraded {
+            self.table.websockets -= 1;
+        }
+        Some(peer.socket)
     }
 
     /// Removes a connection without telling the app, for when the app
@@ -392,14 +441,19 @@ impl<S: Transport> Engine<S> {
         if peer.conn.phase == Phase::Open {
             self.table.open -= 1;
         }
+        if peer.conn.upgraded {
+            self.table.websockets -= 1;
+        }
         Some(peer.socket)
     }
 
-    /// Runs the timers: handshake and close deadlines, pings, dead peers.
+    /// Runs the timers: handshake and close deadlines, pings, dead peers,
+    /// and the maximum connection age.
     pub fn tick(&mut self, now: u64) {
         let interval = self.limits.ping_interval;
         let Table { peers, dirty, .. } = &mut self.table;
         let mut expired = Vec::new();
+        let mut aged = Vec::new();
         for (key, peer) in peers.iter_mut() {
             let conn = &mut peer.conn;
             match conn.phase {
@@ -411,6 +465,8 @@ impl<S: Transport> Engine<S> {
                 Phase::Open => {
                     if now.saturating_sub(conn.last_seen) >= interval.saturating_mul(2) {
                         expired.push(key);
+                    } else if now >= conn.expires {
+                        aged.push(key);
                     } else if now.saturating_sub(conn.last_ping) >= interval {
                         conn.last_ping = now;
                         conn.out.push_with(|v| write_frame(v, OpCode::Ping, b""));
@@ -421,15 +477,39 @@ impl<S: Transport> Engine<S> {
             conn.out.release_excess();
         }
         for key in expired {
-            if let Some(phase) = self.table.peers.get(key).map(|p| p.conn.phase) {
-                if phase == Phase::Open {
+            if let Some(peer) = self.table.peers.get(key) {
+                if peer.conn.phase == Phase::Open {
                     log::info(
                         "peer silent for two ping intervals; dropped",
-                        &[("conn", key.to_usize().into())],
+                        &conn_fields(key, &peer.conn, &self.deployment),
                     );
                 }
             }
             self.doom(key);
+        }
+        if !aged.is_empty() {
+            self.end_aged(&aged, now);
+        }
+    }
+
+    /// Asks open connections that reached their maximum age to reconnect:
+    /// chat clients get `{"type":"reconnect","reason":"max-age"}`, then
+    /// every one a 1001 close. A client that reconnects at once is served by
+    /// whichever instance the load balancer picks.
+    fn end_aged(&mut self, keys: &[Key], now: u64) {
+        let notice = self.chat.reconnect_frame("max-age").to_vec();
+        for &key in keys {
+            let Some(peer) = self.table.peers.get_mut(key) else {
+                continue;
+            };
+            if peer.conn.route == Route::Chat {
+                peer.conn.out.push_bytes(&notice);
+            }
+            log::debug(
+                "maximum connection age reached",
+                &conn_fields(key, &peer.conn, &self.deployment),
+            );
+            self.begin_close(key, CloseCode::GoingAway, "maximum connection age", now);
         }
     }
 
@@ -484,8 +564,14 @@ impl<S: Transport> Engine<S> {
     }
 
     fn on_request_bytes(&mut self, key: Key, input: &mut [u8], now: u64) {
-        let open = self.table.open;
-        let rooms = self.chat.rooms().len();
+        let site = Site {
+            open: self.table.open,
+            rooms: self.chat.rooms().len(),
+            now,
+            instance: &self.instance_id,
+            deployment: &self.deployment,
+            readiness: self.readiness(),
+        };
         let Some(peer) = self.table.peers.get_mut(key) else {
             return;
         };
@@ -503,9 +589,7 @@ impl<S: Transport> Engine<S> {
             };
             match parsed {
                 Ok(None) => None,
-                Ok(Some((req, used))) => {
-                    Some((decide(&req, open, rooms, now, &self.instance_id), used))
-                }
+                Ok(Some((req, used))) => Some((decide(&req, &site), used)),
                 Err(e) => Some((Decision::Refuse(e), 0)),
             }
         };
@@ -531,23 +615,43 @@ impl<S: Transport> Engine<S> {
                 conn.out.push_with(|v| http::write_error(v, err));
                 self.linger(key, now);
             }
-            Decision::Respond { status, body } => {
+            Decision::Respond {
+                status,
+                content_type,
+                body,
+            } => {
                 conn.out.push_with(|v| {
-                    http::write_response(v, status, "application/json", &[], body.as_bytes())
+                    http::write_response(v, status, content_type, &[], body.as_bytes())
                 });
                 self.linger(key, now);
             }
-            Decision::Upgrade { route, upgrade } => {
+            Decision::Upgrade {
+                route,
+                upgrade,
+                trace,
+            } => {
                 conn.out
                     .push_with(|v| http::write_switching_protocols(v, &upgrade));
                 conn.phase = Phase::Open;
+                conn.upgraded = true;
                 conn.route = route;
                 conn.last_ping = now;
+                conn.expires =
+                    now.saturating_add(lifetime::spread(self.limits.max_age, self.rng.next_u64()));
+                if self.deployment.project_id.is_some() {
+                    conn.trace = trace.map(Box::new);
+                }
+                if log::enabled(log::Level::Debug) {
+                    let mut fields = conn_fields(key, conn, &self.deployment);
+                    fields.push(("path", route.name().into()));
+                    log::debug("connection opened", &fields);
+                }
                 conn.decoder = Decoder::new(match route {
                     Route::Echo => self.limits.echo_max_message,
                     Route::Chat => self.limits.max_message,
                 });
                 self.table.open += 1;
+                self.table.websockets += 1;
                 self.table.mark_dirty(key);
                 if route == Route::Chat {
                     let member = self.chat.new_member();
@@ -656,14 +760,10 @@ impl<S: Transport> Engine<S> {
         // nothing: the decoder skips what it cannot frame, and the close
         // timeout bounds the wait.
         if peer.conn.phase == Phase::Open {
-            log::debug(
-                "closing on protocol error",
-                &[
-                    ("conn", key.to_usize().into()),
-                    ("code", err.close_code().as_u16().into()),
-                    ("reason", err.reason().into()),
-                ],
-            );
+            let mut fields = conn_fields(key, &peer.conn, &self.deployment);
+            fields.push(("code", err.close_code().as_u16().into()));
+            fields.push(("reason", err.reason().into()));
+            log::debug("closing on protocol error", &fields);
             self.begin_close(key, err.close_code(), err.reason(), now);
         }
     }
@@ -717,10 +817,30 @@ impl<S: Transport> Engine<S> {
     }
 }
 
+/// The fields every log line about one connection carries: its key, and
+/// its trace when the upgrade request had one.
+fn conn_fields(key: Key, conn: &Connection, deployment: &Deployment) -> Vec<(&'static str, Value)> {
+    let mut fields = vec![("conn", key.to_usize().into())];
+    if let Some(trace) = &conn.trace {
+        fields.extend(deployment.trace_fields(trace));
+    }
+    fields
+}
+
 fn mark_dirty_conn(conn: &mut Connection, dirty: &mut Vec<Key>, key: Key) {
     if !conn.dirty {
         conn.dirty = true;
         dirty.push(key);
+    }
+}
+
+impl Route {
+    /// The route's name in log lines.
+    fn name(self) -> &'static str {
+        match self {
+            Route::Echo => "echo",
+            Route::Chat => "chat",
+        }
     }
 }
 
@@ -733,6 +853,19 @@ struct Health<'a> {
     instance: &'a str,
     rooms: usize,
     uptime_seconds: u64,
+    service: Option<&'a str>,
+    revision: Option<&'a str>,
+    configuration: Option<&'a str>,
+}
+
+/// What answering a request may report: the server's state when it came.
+struct Site<'a> {
+    open: usize,
+    rooms: usize,
+    now: u64,
+    instance: &'a str,
+    deployment: &'a Deployment,
+    readiness: Readiness,
 }
 
 /// How a complete request is answered.
@@ -740,32 +873,42 @@ enum Decision {
     Refuse(HttpError),
     Respond {
         status: u16,
+        content_type: &'static str,
         body: String,
     },
     Upgrade {
         route: Route,
         upgrade: http::Upgrade,
+        trace: Option<TraceContext>,
     },
 }
 
+const JSON: &str = "application/json";
+
 /// Routes a request: WebSocket upgrades by path, plain GETs to the health
-/// report or 404.
-fn decide(
-    req: &http::Request<'_>,
-    open: usize,
-    rooms: usize,
-    now: u64,
-    instance: &str,
-) -> Decision {
+/// report, the probes, or 404.
+fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
     if req.wants_websocket() {
         return match http::check_upgrade(req) {
+            Ok(_) if !site.readiness.accepts_clients() => Decision::Respond {
+                status: 503,
+                content_type: "text/plain; charset=utf-8",
+                body: format!("not accepting connections: {}\n", site.readiness.reason()),
+            },
             Ok(upgrade) => {
                 let route = if req.path == "/echo" {
                     Route::Echo
                 } else {
                     Route::Chat
                 };
-                Decision::Upgrade { route, upgrade }
+                let trace = req
+                    .header("x-cloud-trace-context")
+                    .and_then(TraceContext::parse);
+                Decision::Upgrade {
+                    route,
+                    upgrade,
+                    trace,
+                }
             }
             Err(e) => Decision::Refuse(e),
         };
@@ -773,18 +916,39 @@ fn decide(
     if req.method != "GET" {
         return Decision::Refuse(HttpError::MethodNotAllowed);
     }
-    if req.path != "/" {
-        return Decision::Refuse(HttpError::NotFound);
+    match req.path {
+        "/" => {
+            let d = site.deployment;
+            let body = serde_json::to_string(&Health {
+                status: "healthy",
+                connected_clients: site.open,
+                instance: site.instance,
+                rooms: site.rooms,
+                uptime_seconds: site.now / 1000,
+                service: d.service.as_deref(),
+                revision: d.revision.as_deref(),
+                configuration: d.configuration.as_deref(),
+            })
+            .expect("the health report serialises");
+            Decision::Respond {
+                status: 200,
+                content_type: JSON,
+                body,
+            }
+        }
+        // Answered from the loop: that it is answered at all is the proof.
+        probes::LIVENESS_PATH => Decision::Respond {
+            status: 200,
+            content_type: JSON,
+            body: probes::body("alive"),
+        },
+        probes::READINESS_PATH => Decision::Respond {
+            status: site.readiness.status(),
+            content_type: JSON,
+            body: probes::body(site.readiness.reason()),
+        },
+        _ => Decision::Refuse(HttpError::NotFound),
     }
-    let body = serde_json::to_string(&Health {
-        status: "healthy",
-        connected_clients: open,
-        instance,
-        rooms,
-        uptime_seconds: now / 1000,
-    })
-    .expect("the health report serialises");
-    Decision::Respond { status: 200, body }
 }
 
 #[cfg(test)]
@@ -838,6 +1002,7 @@ mod tests {
             handshake_timeout: 10_000,
             close_timeout: 5_000,
             ping_interval: 30_000,
+            max_age: 100_000,
         }
     }
 
@@ -1067,5 +1232,112 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(&got[0].1[..2], &1001u16.to_be_bytes());
         assert_eq!(engine.take_doomed(usize::MAX), vec![pending]);
+    }
+
+    /// What a plain GET of `path` is answered: the status line and body.
+    fn get(engine: &mut Engine<Wire>, path: &str) -> (String, String) {
+        let key = engine.accept(
+            Wire {
+                room: usize::MAX,
+                ..Wire::default()
+            },
+            0,
+        );
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+        engine.on_input(key, &mut request, 0);
+        engine.flush(0);
+        let text = String::from_utf8(engine.peer(key).unwrap().socket.written.clone()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.lines().next().unwrap().to_owned();
+        (status, body.to_owned())
+    }
+
+    #[test]
+    fn probes_answer_alive_and_ready_until_shutdown() {
+        let mut engine = Engine::new(limits(), "t");
+        let healthz = (
+            "HTTP/1.1 200 OK".to_owned(),
+            r#"{"status":"alive"}"#.to_owned(),
+        );
+        assert_eq!(get(&mut engine, "/healthz"), healthz);
+        assert_eq!(
+            get(&mut engine, "/readyz"),
+            (
+                "HTTP/1.1 200 OK".to_owned(),
+                r#"{"status":"ready"}"#.to_owned()
+            )
+        );
+        let chat = connect(&mut engine, "/", usize::MAX);
+        engine.begin_shutdown(1);
+        assert_eq!(engine.websockets(), 1, "the closing client is waited for");
+        assert_eq!(get(&mut engine, "/healthz"), healthz);
+        assert_eq!(
+            get(&mut engine, "/readyz"),
+            (
+                "HTTP/1.1 503 Service Unavailable".to_owned(),
+                r#"{"status":"draining"}"#.to_owned()
+            )
+        );
+        let late = connect(&mut engine, "/", usize::MAX);
+        let written = engine.peer(late).unwrap().socket.written.clone();
+        assert!(written.starts_with(b"HTTP/1.1 503 "), "{written:?}");
+        assert_eq!(engine.peer(late).unwrap().conn.phase(), Phase::Lingering);
+        assert_eq!(engine.websockets(), 1, "probes are not waited for");
+        engine.remove(chat);
+        assert_eq!(engine.websockets(), 0);
+    }
+
+    #[test]
+    fn maximum_age_is_spread_ten_percent_either_way() {
+        // limits().max_age is 100 s: every connection is asked to reconnect
+        // between 90 s and 110 s, not all at the same moment.
+        let mut engine = Engine::new(limits(), "t");
+        let echo = connect(&mut engine, "/echo", usize::MAX);
+        let chats: Vec<Key> = (0..200)
+            .map(|_| connect(&mut engine, "/", usize::MAX))
+            .collect();
+        for &key in &chats {
+            frames(&mut engine, key);
+        }
+        frames(&mut engine, echo);
+        let closing = |engine: &Engine<Wire>| {
+            chats
+                .iter()
+                .filter(|&&k| engine.peer(k).unwrap().conn.phase() == Phase::Closing)
+                .count()
+        };
+        // Pings keep the peers alive through the ticks below.
+        let alive = |engine: &mut Engine<Wire>, now: u64| {
+            for key in chats.iter().chain([&echo]) {
+                engine.on_input(*key, &mut masked(0xA, b""), now);
+            }
+            engine.tick(now);
+            engine.flush(now);
+        };
+        alive(&mut engine, 50_000);
+        alive(&mut engine, 89_999);
+        assert_eq!(closing(&engine), 0, "none before 90 % of the age");
+        alive(&mut engine, 100_000);
+        let halfway = closing(&engine);
+        assert!(
+            (40..=160).contains(&halfway),
+            "about half by the age itself: {halfway}"
+        );
+        alive(&mut engine, 110_000);
+        assert_eq!(closing(&engine), chats.len(), "all by 110 % of the age");
+        for &key in &chats {
+            let got = frames(&mut engine, key);
+            let notice = got.iter().position(|(op, p)| {
+                *op == OpCode::Text && p == br#"{"type":"reconnect","reason":"max-age"}"#
+            });
+            let notice = notice.unwrap_or_else(|| panic!("no reconnect notice: {got:?}"));
+            let (op, payload) = &got[notice + 1];
+            assert_eq!(*op, OpCode::Close);
+            assert_eq!(&payload[..2], &1001u16.to_be_bytes());
+        }
+        let mut got = frames(&mut engine, echo);
+        got.retain(|(op, _)| *op != OpCode::Ping);
+        assert_eq!(got.len(), 1, "echo gets the close alone: {got:?}");
+        assert_eq!(&got[0].1[..2], &1001u16.to_be_bytes());
     }
 }

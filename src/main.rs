@@ -32,14 +32,17 @@ fn main() {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    log::info(
-        "listening",
-        &[
-            ("address", address.into()),
-            ("instance", config.instance_id.clone().into()),
-            ("version", env!("CARGO_PKG_VERSION").into()),
-        ],
-    );
+    let mut fields = vec![
+        ("address", address.into()),
+        ("instance", config.instance_id.clone().into()),
+        ("version", env!("CARGO_PKG_VERSION").into()),
+        (
+            "maxConnectionAgeSeconds",
+            config.max_connection_age.as_secs().into(),
+        ),
+    ];
+    fields.extend(config.deployment().log_fields());
+    log::info("listening", &fields);
     if let Err(e) = server.run() {
         log::error("event loop failed", &[("error", e.to_string().into())]);
         std::process::exit(1);

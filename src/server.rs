@@ -44,7 +44,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// [`Server::run`] it until shutdown.
 pub struct Server {
     poll: Poll,
-    listener: Option<TcpListener>,
+    listener: TcpListener,
     signals: Signals,
     engine: Engine<TcpStream>,
     read_buf: Vec<u8>,
@@ -76,9 +76,10 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(Server {
             poll,
-            listener: Some(listener),
+            listener,
             signals,
-            engine: Engine::new(config.limits(), &config.instance_id),
+            engine: Engine::new(config.limits(), &config.instance_id)
+                .with_deployment(config.deployment()),
             read_buf: vec![0; READ_BUFFER],
             started: Instant::now(),
             drain_timeout: config.drain_timeout,
@@ -91,12 +92,9 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// If the listener is already closed, or as the OS reports.
+    /// As the OS reports.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        match &self.listener {
-            Some(l) => l.local_addr(),
-            None => Err(io::ErrorKind::NotConnected.into()),
-        }
+        self.listener.local_addr()
     }
 
     fn now(&self) -> u64 {
@@ -117,8 +115,10 @@ impl Server {
         let mut drain: Option<(u64, u64)> = None;
         loop {
             let now = self.now();
+            // A drain ends at its deadline, not at the tick after it.
+            let wake = drain.map_or(next_tick, |(_, deadline)| next_tick.min(deadline));
             let timeout = if self.unfinished_reads.is_empty() && !self.engine.has_pending_work() {
-                Duration::from_millis(next_tick.saturating_sub(now))
+                Duration::from_millis(wake.saturating_sub(now))
             } else {
                 Duration::ZERO
             };
@@ -160,7 +160,10 @@ impl Server {
             }
             self.settle(now);
             if let Some((started, deadline)) = drain {
-                if self.engine.is_empty() || now >= deadline {
+                // Plain HTTP requests (probes asking /readyz) are not waited
+                // for: they are answered at once, and the drain is for
+                // clients.
+                if self.engine.websockets() == 0 || now >= deadline {
                     log::info(
                         "shutdown complete",
                         &[
@@ -201,11 +204,8 @@ impl Server {
 
     fn accept_all(&mut self, now: u64) {
         self.accept_backlog = false;
-        let Some(listener) = &self.listener else {
-            return;
-        };
         loop {
-            match listener.accept() {
+            match self.listener.accept() {
                 Ok((socket, _addr)) => {
                     // Chat frames are small and latency-sensitive.
                     let _ = socket.set_nodelay(true);
@@ -317,9 +317,9 @@ impl Server {
                     ("connections", self.engine.len().into()),
                 ],
             );
-            if let Some(mut listener) = self.listener.take() {
-                let _ = self.poll.registry().deregister(&mut listener);
-            }
+            // The listener stays open while draining: readiness probes get a
+            // 503 that says so, and new WebSocket clients a 503 too.
+            //
             // Whatever clients sent before the signal is still handled:
             // read every socket once before telling them goodbye.
             for key in self.engine.keys() {
@@ -332,6 +332,10 @@ impl Server {
     }
 }
 
+// LIMITATION: the static build (scripts/build-static.sh, the image) cannot
+// resolve a host name, as glibc's name service modules are shared
+// libraries; there HOST must be an address, or start fails with a lookup
+// error. An address is parsed without any lookup.
 fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
     (host, port).to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(

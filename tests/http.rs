@@ -108,6 +108,11 @@ fn help_lists_every_flag() {
         "--handshake-timeout",
         "--close-timeout",
         "--drain-timeout",
+        "--max-connection-age",
+        "--service",
+        "--revision",
+        "--configuration",
+        "--project-id",
         "--log-level",
     ] {
         assert!(out.contains(flag), "--help does not mention {flag}:\n{out}");
@@ -120,6 +125,7 @@ fn bad_flag_values_fail_to_start() {
         &["--port", "notaport"],
         &["--ping-interval", "soon"],
         &["--max-message-size", "-5"],
+        &["--max-connection-age", "0s"],
         &["--no-such-flag"],
     ];
     for args in cases {

@@ -37,6 +37,10 @@ const SERVER_ENV: &[&str] = &[
     "CLOSE_TIMEOUT",
     "DRAIN_TIMEOUT",
     "LOG_LEVEL",
+    "MAX_CONNECTION_AGE",
+    "K_SERVICE",
+    "K_CONFIGURATION",
+    "GOOGLE_CLOUD_PROJECT",
 ];
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
@@ -208,6 +212,27 @@ impl Server {
 
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for a JSON log line for which `pred` holds and returns it.
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .stdout_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| pred(v));
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such log line within {timeout:?}; stdout: {:#?}",
+                self.stdout_lines()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `GET /`, asserting a 200 JSON answer; returns the parsed body.
