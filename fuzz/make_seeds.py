@@ -52,6 +52,8 @@ def handshake():
     write("handshake", "post", UPGRADE.replace(b"GET", b"POST"))
     write("handshake", "absolute", UPGRADE.replace(b"/chat", b"http://h/chat"))
     write("handshake", "blank-lines", b"\r\n\n" + UPGRADE)
+    write("handshake", "traced", UPGRADE.replace(
+        b"Host:", b"X-Cloud-Trace-Context: 105445aa7843bc8bf206b12000100000/42;o=1\r\nHost:"))
     write("handshake", "tls", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
 
 

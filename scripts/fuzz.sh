@@ -51,5 +51,6 @@ for target in "${targets[@]}"; do
     echo "==> fuzz $target for ${seconds}s"
     "${fuzz[@]}" run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
         -max_total_time="$seconds" -timeout=30 -max_len="$max_len" \
-        -dict=fuzz/dict/roomcast.dict -print_final_stats=1
+        -dict=fuzz/dict/roomcast.dict -print_final_stats=1 \
+        -close_fd_mask=1
 done

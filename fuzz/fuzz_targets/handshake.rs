@@ -7,15 +7,19 @@
 //! 101 response (read back with `httparse`) carries the right
 //! `Sec-WebSocket-Accept`; every refusal is a well-formed response with the
 //! status the error names; the engine answers exactly what the parser
-//! decided, and after a 101 only valid server frames follow.
+//! decided, and after a 101 only valid server frames follow. Every header
+//! value also goes through the `X-Cloud-Trace-Context` parser, whose
+//! answers are checked against its grammar.
 
 #![no_main]
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
+use roomcast::cloudrun::Deployment;
 use roomcast::conn::{Engine, Limits, Phase};
 use roomcast::http::{self, HttpError, Request};
+use roomcast::trace::TraceContext;
 use roomcast_fuzz::{cut_plans, read_server_frames, response_head_end, MemSocket};
 use sha1::{Digest, Sha1};
 
@@ -220,6 +224,43 @@ fn parse_in_pieces(data: &[u8], plan: &[usize]) -> (usize, Outcome) {
     (end, Outcome::Partial)
 }
 
+/// A deployment with a project, so that trace headers are kept and logged.
+fn deployment() -> Deployment {
+    Deployment {
+        service: Some("svc".into()),
+        revision: Some("rev".into()),
+        configuration: None,
+        project_id: Some("proj".into()),
+    }
+}
+
+/// `TraceContext::parse` accepts exactly `TRACE_ID/SPAN_ID[;o=0|1]`, the
+/// trace 32 hex digits (not all zero) and the span a decimal `u64`:
+/// whatever it accepts prints back to the same text, up to the case of the
+/// hex digits and leading zeros of the span.
+fn check_trace(value: &[u8]) {
+    let Some(t) = TraceContext::parse(value) else {
+        return;
+    };
+    let text = std::str::from_utf8(value).expect("accepted values are UTF-8");
+    let (trace, rest) = text.split_once('/').expect("accepted values have a /");
+    assert_eq!(trace.len(), 32);
+    assert_eq!(u128::from_str_radix(trace, 16).ok(), Some(t.trace_id));
+    assert_ne!(t.trace_id, 0);
+    let (span, options) = rest.split_once(';').unwrap_or((rest, ""));
+    assert!(!span.is_empty() && span.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(span.parse::<u64>().ok(), Some(t.span_id));
+    match options {
+        "" | "o=0" => assert!(!t.sampled),
+        "o=1" => assert!(t.sampled),
+        other => panic!("options {other:?} accepted"),
+    }
+    assert_eq!(rest.contains(';'), !options.is_empty());
+    for (_, v) in t.log_fields("proj") {
+        assert!(v.is_string() || v.is_boolean());
+    }
+}
+
 fn limits() -> Limits {
     Limits {
         max_message: 1 << 16,
@@ -228,11 +269,14 @@ fn limits() -> Limits {
         handshake_timeout: 10_000,
         close_timeout: 5_000,
         ping_interval: 30_000,
+        max_age: 3_600_000,
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    roomcast::log::set_level(roomcast::log::Level::Error);
+    // Every log line is built, so that logging untrusted fields is fuzzed
+    // too; run with -close_fd_mask=1 to drop them (scripts/fuzz.sh does).
+    roomcast::log::set_level(roomcast::log::Level::Debug);
     let whole = outcome(http::parse_request(data));
     if let Outcome::Parsed { used, headers, .. } = &whole {
         assert!(*used <= data.len());
@@ -240,6 +284,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(Some((req, _))) = http::parse_request(data) {
         owed_status(&whole, &req);
+        for (_, value) in req.headers() {
+            check_trace(value);
+        }
     }
 
     // A byte at a time is quadratic in the checks above; the other plans
@@ -252,7 +299,8 @@ fuzz_target!(|data: &[u8]| {
         let (decided_at, decided) = parse_in_pieces(data, plan);
 
         // The engine, fed the same pieces, answers as the parser decided.
-        let mut engine: Engine<MemSocket> = Engine::new(limits(), "fuzz");
+        let mut engine: Engine<MemSocket> =
+            Engine::new(limits(), "fuzz").with_deployment(deployment());
         let key = engine.accept(
             MemSocket {
                 room: usize::MAX,

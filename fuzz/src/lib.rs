@@ -259,11 +259,12 @@ impl Transport for MemSocket {
 }
 
 /// A valid upgrade request for `path` (RFC 6455 4.1), with the RFC's
-/// sample key.
+/// sample key and a trace header, so that traced log lines are built.
 pub fn upgrade_request(path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         X-Cloud-Trace-Context: 105445aa7843bc8bf206b12000100000/1;o=1\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
