@@ -112,6 +112,13 @@ def chat():
     ]
     write("chat", "session", sep.join(msgs))
     write("chat", "array", b"\x00[1,{\"a\":\"b\"}]")
+    # Inputs behind the bugs the target found, kept as seeds.
+    write("chat", "lone-surrogate-text", b"\xff".join([
+        b'\x00{"type":"join","roomId":"r"}',
+        b'\x01{"type":"join","roomId":"r"}',
+        b'\x00{"type":"message","text":"\\ud800"}',
+    ]))
+    write("chat", "bad-utf8-ignored-field", b'\x00{"x":"\xc0\xaf","type":"leave"}')
 
 
 def connection():
