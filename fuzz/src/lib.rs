@@ -21,9 +21,9 @@ pub fn cut_plans(data: &[u8], len: usize) -> Vec<Vec<usize>> {
     while left > 0 {
         // Mostly short pieces, which land on header and code point
         // boundaries, with an occasional long one.
-        let n = match rng.next() % 8 {
-            0 => 1 + (rng.next() as usize % 300),
-            _ => 1 + (rng.next() as usize % 5),
+        let n = match rng.next_u64() % 8 {
+            0 => 1 + (rng.next_u64() as usize % 300),
+            _ => 1 + (rng.next_u64() as usize % 5),
         }
         .min(left);
         random.push(n);
@@ -45,7 +45,7 @@ pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// The next 64 bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
