@@ -3,9 +3,10 @@
 #
 #   scripts/test.sh
 #
-# Works on a fresh Debian/Ubuntu machine with a Rust toolchain: it sets up
-# what else it needs (a Python venv with kosoku and websockets under
-# target/venv, binutils' readelf, glibc's static libraries) and then runs,
+# Works on a fresh Debian/Ubuntu machine with a Rust toolchain and Node.js
+# 20+: it sets up what else it needs (a Python venv with kosoku and
+# websockets under target/venv, binutils' readelf, glibc's static libraries,
+# Debian's chromium, the npm packages of web/) and then runs,
 # stopping at the first failure:
 #
 #   1. cargo fmt --check
@@ -17,7 +18,9 @@
 #      session from an empty root directory, as in a FROM scratch image
 #   6. every fuzz target for FUZZ_SECONDS (default 20) each (scripts/fuzz.sh;
 #      installs cargo-fuzz and a C++ compiler if missing)
-#   7. the Autobahn conformance cases 1-10 against that binary
+#   7. the browser client's tests against that binary: unit (node --test),
+#      typings (tsc), Node.js, and the chat page in headless Chromium
+#   8. the Autobahn conformance cases 1-10 against that binary
 #
 # Setup steps are `ensure_*` functions so new prerequisites (a redis server,
 # chromium, ...) can be added next to ensure_python_venv and called from main.
@@ -29,6 +32,8 @@ REPO_ROOT=$(pwd)
 VENV_DIR="$REPO_ROOT/target/venv"
 KOSOKU_VERSION="0.1.0"
 WEBSOCKETS_VERSION="15.0.1"
+WEB_DIR="$REPO_ROOT/web"
+CHROMIUM_BIN="/usr/bin/chromium"
 
 # ---------------------------------------------------------------- helpers
 
@@ -125,6 +130,38 @@ ensure_static_toolchain() {
     echo "readelf: $(command -v readelf); libc.a: $(cc -print-file-name=libc.a)"
 }
 
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+# Node.js 20+ and npm run the client's tests (playwright-core needs 20).
+ensure_node() {
+    section "node.js"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if [ "$(node_major)" -lt 20 ]; then
+        echo "error: Node.js 20 or newer is needed, found $(node --version)" >&2
+        return 1
+    fi
+    echo "node $(node --version), npm $(npm --version)"
+}
+
+# Debian's Chromium for the browser tests; playwright-core drives it and
+# never downloads a browser of its own.
+ensure_chromium() {
+    section "chromium ($CHROMIUM_BIN)"
+    if [ ! -x "$CHROMIUM_BIN" ]; then
+        apt_install chromium
+    fi
+    "$CHROMIUM_BIN" --version
+}
+
+# The packages pinned in web/package-lock.json (ws and its types,
+# playwright-core, typescript), installed into web/node_modules.
+ensure_npm_packages() {
+    section "npm ci (web/)"
+    (cd "$WEB_DIR" && npm ci --no-audit --no-fund)
+}
+
 # cargo-fuzz, and the C++ compiler it builds libFuzzer with. Fuzzing
 # needs nightly features; scripts/fuzz.sh uses nightly when rustup has
 # it, else stable with RUSTC_BOOTSTRAP=1, so no toolchain is installed.
@@ -141,6 +178,36 @@ ensure_fuzz_tools() {
 }
 
 # ---------------------------------------------------------------- checks
+
+# The client's tests against the binary at $1 (an absolute path).
+run_client_tests() {
+    local bin="$1"
+    cd "$WEB_DIR"
+
+    section "client unit tests (node --test)"
+    node --test test/unit.test.js
+
+    section "client typings (tsc)"
+    node_modules/.bin/tsc -p test/tsconfig.json
+
+    section "client in Node.js against the release binary (ws package)"
+    ROOMCAST_BIN="$bin" node --test test/node-client.test.js
+
+    section "client in Node.js against the release binary (Node's WebSocket)"
+    local flags=()
+    # Node 22 has a global WebSocket; Node 20 needs the flag.
+    if [ "$(node_major)" -lt 22 ]; then
+        flags=(--experimental-websocket)
+    fi
+    ROOMCAST_BIN="$bin" ROOMCAST_TEST_WEBSOCKET=global \
+        node "${flags[@]}" --test test/node-client.test.js
+
+    section "chat page in headless Chromium against the release binary"
+    ROOMCAST_BIN="$bin" CHROMIUM_BIN="$CHROMIUM_BIN" node --test test/browser.test.js
+    echo "screenshots: target/browser/chat.png, target/browser/chat-reconnecting.png"
+
+    cd "$REPO_ROOT"
+}
 
 run_rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
@@ -162,6 +229,9 @@ run_rust_tests() {
 main() {
     ensure_python_venv
     ensure_static_toolchain
+    ensure_node
+    ensure_chromium
+    ensure_npm_packages
 
     section "cargo fmt --check"
     cargo fmt --all -- --check
@@ -181,7 +251,9 @@ main() {
 
     ensure_fuzz_tools
     section "fuzz (every target, ${FUZZ_SECONDS:-20}s each)"
-    scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+    "$REPO_ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-20}"
+
+    run_client_tests "$REPO_ROOT/$binary"
 
     section "autobahn (cases 1-10 against $binary)"
     # Keep this last: its final line (`autobahn: N passed, M failed`) should

@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
+use crate::assets;
 use crate::chat::{Chat, Member, Outbox};
 use crate::clock::IdRng;
 use crate::close::{parse_close_payload, CloseCode, PeerClose};
@@ -625,6 +626,10 @@ impl<S: Transport> Engine<S> {
                 });
                 self.linger(key, now);
             }
+            Decision::Asset(reply) => {
+                conn.out.push_with(|v| reply.write(v));
+                self.linger(key, now);
+            }
             Decision::Upgrade {
                 route,
                 upgrade,
@@ -876,6 +881,7 @@ enum Decision {
         content_type: &'static str,
         body: String,
     },
+    Asset(assets::Reply),
     Upgrade {
         route: Route,
         upgrade: http::Upgrade,
@@ -885,8 +891,9 @@ enum Decision {
 
 const JSON: &str = "application/json";
 
-/// Routes a request: WebSocket upgrades by path, plain GETs to the health
-/// report, the probes, or 404.
+/// Routes a request: WebSocket upgrades by path, plain requests for the
+/// embedded client files to [`assets`], plain GETs to the health report,
+/// the probes, or 404.
 fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
     if req.wants_websocket() {
         return match http::check_upgrade(req) {
@@ -912,6 +919,9 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
             }
             Err(e) => Decision::Refuse(e),
         };
+    }
+    if let Some(reply) = assets::route(req) {
+        return Decision::Asset(reply);
     }
     if req.method != "GET" {
         return Decision::Refuse(HttpError::MethodNotAllowed);
