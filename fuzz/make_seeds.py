@@ -54,6 +54,10 @@ def handshake():
     write("handshake", "blank-lines", b"\r\n\n" + UPGRADE)
     write("handshake", "traced", UPGRADE.replace(
         b"Host:", b"X-Cloud-Trace-Context: 105445aa7843bc8bf206b12000100000/42;o=1\r\nHost:"))
+    write("handshake", "asset", b"GET /client.js HTTP/1.1\r\nHost: x\r\n"
+          b"If-None-Match: W/\"0123456789abcdef\", *\r\n\r\n")
+    write("handshake", "head", b"HEAD /chat HTTP/1.1\r\nHost: x\r\n\r\n")
+    write("handshake", "probe", b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
     write("handshake", "tls", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
 
 

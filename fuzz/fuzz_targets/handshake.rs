@@ -16,6 +16,7 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
+use roomcast::assets;
 use roomcast::cloudrun::Deployment;
 use roomcast::conn::{Engine, Limits, Phase};
 use roomcast::http::{self, HttpError, Request};
@@ -105,18 +106,27 @@ fn read_response(bytes: &[u8]) -> (u16, Vec<(String, Vec<u8>)>, usize) {
     )
 }
 
-/// The status the server owes a request that parsed.
-fn owed_status(parsed: &Outcome, req: &Request<'_>) -> u16 {
+/// The statuses the server may answer a request that parsed with.
+fn owed_status(parsed: &Outcome, req: &Request<'_>) -> &'static [u16] {
     let Outcome::Parsed { headers, .. } = parsed else {
         unreachable!("only parsed requests are judged");
     };
     let wants_ws =
         !values(headers, "upgrade").is_empty() || !values(headers, "sec-websocket-key").is_empty();
     if !wants_ws {
+        // Plain requests: the embedded client files (GET and HEAD, 304
+        // when If-None-Match names the file), the health report, the
+        // probes, or nothing.
+        if assets::find(req.path).is_some() {
+            return match req.method {
+                "GET" | "HEAD" => &[200, 304],
+                _ => &[405],
+            };
+        }
         return match (req.method, req.path) {
-            ("GET", "/") => 200,
-            ("GET", _) => 404,
-            _ => 405,
+            ("GET", "/" | "/healthz" | "/readyz") => &[200],
+            ("GET", _) => &[404],
+            _ => &[405],
         };
     }
     match http::check_upgrade(req) {
@@ -125,13 +135,21 @@ fn owed_status(parsed: &Outcome, req: &Request<'_>) -> u16 {
             let mut out = Vec::new();
             http::write_switching_protocols(&mut out, &upgrade);
             check_101(&out, parsed);
-            101
+            &[101]
         }
         Err(e) => {
             let mut out = Vec::new();
             http::write_error(&mut out, e);
             check_refusal(&out, e.status());
-            e.status()
+            match e.status() {
+                400 => &[400],
+                404 => &[404],
+                405 => &[405],
+                426 => &[426],
+                431 => &[431],
+                505 => &[505],
+                other => panic!("status {other} for a refused upgrade"),
+            }
         }
     }
 }
@@ -189,12 +207,24 @@ fn check_101(out: &[u8], parsed: &Outcome) {
 
 /// A refusal: the status, a body as long as it says, and a close.
 fn check_refusal(out: &[u8], status: u16) {
+    check_plain(out, &[status], false);
+}
+
+/// A plain response: one of the statuses, a close, and a body as long as
+/// `Content-Length` says, or none at all after a HEAD or in a 304 (RFC
+/// 9110 9.3.2, 15.4.5).
+fn check_plain(out: &[u8], allowed: &[u16], head: bool) {
     let (got, headers, used) = read_response(out);
-    assert_eq!(got, status);
+    assert!(allowed.contains(&got), "{got} not in {allowed:?}");
+    assert!(lists_token(&headers, "connection", "close"));
+    if got == 304 || head {
+        assert_eq!(used, out.len(), "a body after HEAD or in a 304");
+        return;
+    }
     let length = values(&headers, "content-length");
+    assert_eq!(length.len(), 1);
     let length: usize = std::str::from_utf8(length[0]).unwrap().parse().unwrap();
     assert_eq!(used + length, out.len());
-    assert!(lists_token(&headers, "connection", "close"));
 }
 
 /// Feeds `data` to parse_request_more in pieces, comparing each answer with
@@ -334,18 +364,18 @@ fuzz_target!(|data: &[u8]| {
         let (req, _) = http::parse_request(&data[..decided_at])
             .expect("parsed above")
             .expect("parsed above");
-        let status = owed_status(&decided, &req);
+        let allowed = owed_status(&decided, &req);
         let head = response_head_end(written).expect("a response was written");
         let (got, _, _) = read_response(&written[..head]);
-        assert_eq!(got, status);
-        if status == 101 {
+        assert!(allowed.contains(&got), "{got} not in {allowed:?}");
+        if got == 101 {
             // Whatever the bytes after the head were, only valid frames
             // answer them.
             let (_, used) = read_server_frames(&written[head..]);
             assert_eq!(used, written.len() - head);
         } else {
             assert_eq!(peer.conn.phase(), Phase::Lingering);
-            check_refusal(written, status);
+            check_plain(written, allowed, req.method == "HEAD");
         }
     }
 });
