@@ -6,7 +6,7 @@
 # Works on a fresh Debian/Ubuntu machine with a Rust toolchain and Node.js
 # 20+: it sets up what else it needs (a Python venv with kosoku and
 # websockets under target/venv, binutils' readelf, glibc's static libraries,
-# Debian's chromium, the npm packages of web/) and then runs,
+# Debian's chromium, the npm packages of web/, redis-server) and then runs,
 # stopping at the first failure:
 #
 #   1. cargo fmt --check
@@ -22,8 +22,8 @@
 #      typings (tsc), Node.js, and the chat page in headless Chromium
 #   8. the Autobahn conformance cases 1-10 against that binary
 #
-# Setup steps are `ensure_*` functions so new prerequisites (a redis server,
-# chromium, ...) can be added next to ensure_python_venv and called from main.
+# Setup steps are `ensure_*` functions (ensure_python_venv,
+# ensure_redis_server, ...) called from main.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -130,6 +130,20 @@ ensure_static_toolchain() {
     echo "readelf: $(command -v readelf); libc.a: $(cc -print-file-name=libc.a)"
 }
 
+# redis-server, which the backplane tests (tests/backplane.rs) start on free
+# ports. Those tests fail without it; they are never skipped in CI.
+ensure_redis_server() {
+    section "redis-server"
+    if command -v redis-server >/dev/null 2>&1; then
+        redis-server --version
+        return 0
+    fi
+    apt_install redis-server
+    # Debian's package may also start a system service on port 6379; the tests
+    # use their own servers and do not need it.
+    redis-server --version
+}
+
 node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 
 # Node.js 20+ and npm run the client's tests (playwright-core needs 20).
@@ -232,6 +246,7 @@ main() {
     ensure_node
     ensure_chromium
     ensure_npm_packages
+    ensure_redis_server
 
     section "cargo fmt --check"
     cargo fmt --all -- --check

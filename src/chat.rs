@@ -10,6 +10,8 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::backplane::wire::{self, Body};
+use crate::backplane::{Backplane, Event, RemoteCounts};
 use crate::clock::{ClientId, IdRng, Timestamp};
 use crate::frame::{encode_header, OpCode};
 use crate::rooms::{Membership, Rooms};
@@ -107,6 +109,10 @@ pub struct Chat {
     scratch: Vec<u8>,
     /// Set during shutdown: leaving rooms then notifies nobody.
     quiet: bool,
+    /// Rooms shared with other instances, when configured.
+    backplane: Option<Backplane>,
+    /// The other instances' member counts, per room.
+    remote: RemoteCounts,
 }
 
 /// Room space left before the JSON for the longest frame header.
@@ -121,6 +127,47 @@ impl Chat {
             rng: IdRng::new(),
             scratch: Vec::with_capacity(4096),
             quiet: false,
+            backplane: None,
+            remote: RemoteCounts::new(),
+        }
+    }
+
+    /// Shares rooms with other instances through `backplane` from now on.
+    pub fn attach_backplane(&mut self, backplane: Backplane) {
+        self.backplane = Some(backplane);
+    }
+
+    /// `Some("connected")` or `Some("degraded")` with a backplane, `None`
+    /// without one.
+    pub fn backplane_status(&self) -> Option<&'static str> {
+        let backplane = self.backplane.as_ref()?;
+        Some(if backplane.is_connected() {
+            "connected"
+        } else {
+            "degraded"
+        })
+    }
+
+    /// Handles up to `max` events from the backplane. Returns true when
+    /// more are waiting.
+    pub fn pump_backplane(&mut self, out: &mut impl Outbox, max: usize) -> bool {
+        let Some(backplane) = &self.backplane else {
+            return false;
+        };
+        backplane.rearm();
+        for _ in 0..max {
+            let Some(event) = self.backplane.as_ref().and_then(Backplane::next_event) else {
+                return false;
+            };
+            self.on_remote(out, event);
+        }
+        true
+    }
+
+    /// Deregisters from the backplane, if any, waiting at most `timeout`.
+    pub fn stop_backplane(&mut self, timeout: std::time::Duration) {
+        if let Some(backplane) = self.backplane.take() {
+            backplane.stop(timeout);
         }
     }
 
@@ -231,7 +278,7 @@ impl Chat {
         let client_id = member.client_id;
         let current = member.membership.and_then(|m| self.rooms.get(m.room));
         if let Some(room) = current.filter(|r| *r.name == *name) {
-            let user_count = room.members.len();
+            let user_count = room.members.len() + self.remote.total(&name);
             let msg = Outgoing::Joined {
                 room_id: &name,
                 user_count,
@@ -246,7 +293,10 @@ impl Chat {
             member.membership = Some(at);
         }
         let room = self.rooms.get(at.room).expect("just joined");
-        let user_count = room.members.len();
+        if let Some(backplane) = &self.backplane {
+            backplane.joined(&name, client_id, room.members.len());
+        }
+        let user_count = room.members.len() + self.remote.total(&name);
         let joined = Outgoing::Joined {
             room_id: &name,
             user_count,
@@ -296,6 +346,9 @@ impl Chat {
         for &member in &room.members {
             out.send_shared(member, &frame);
         }
+        if let Some(backplane) = &self.backplane {
+            backplane.publish(&room.name, &self.scratch[HEADER_ROOM..]);
+        }
     }
 
     fn leave(&mut self, out: &mut impl Outbox, who: Key) {
@@ -322,6 +375,10 @@ impl Chat {
             return;
         };
         let client_id = member.client_id;
+        if let (Some(backplane), Some(room)) = (&self.backplane, self.rooms.get(at.room)) {
+            // Told even at shutdown: the other instances' members stay.
+            backplane.left(&room.name, client_id, room.members.len() - 1);
+        }
         let left = self.rooms.leave(at);
         if let Some((moved, position)) = left.moved {
             if let Some(m) = out.member(moved).and_then(|m| m.membership.as_mut()) {
@@ -338,7 +395,92 @@ impl Chat {
         let notice = Outgoing::UserLeft {
             client_id,
             room_id: &room.name,
-            user_count: left.remaining,
+            user_count: left.remaining + self.remote.total(&room.name),
+        };
+        let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
+        for &member in &room.members {
+            out.send_shared(member, &frame);
+        }
+    }
+
+    /// Handles news from another instance.
+    fn on_remote(&mut self, out: &mut impl Outbox, event: Event) {
+        match event {
+            Event::Room { room, payload } => {
+                let Some(envelope) = wire::decode(&payload) else {
+                    return;
+                };
+                match envelope.body {
+                    Body::Message(json) => self.remote_message(out, &room, json),
+                    Body::Joined { client, count } => {
+                        self.remote.set(&room, envelope.origin, count);
+                        self.remote_presence(out, &room, client, true);
+                    }
+                    Body::Left { client, count } => {
+                        self.remote.set(&room, envelope.origin, count);
+                        self.remote_presence(out, &room, client, false);
+                    }
+                    Body::Sync(_) | Body::Gone(_) | Body::Heartbeat => {}
+                }
+            }
+            Event::Nodes { payload } => {
+                let Some(envelope) = wire::decode(&payload) else {
+                    return;
+                };
+                match envelope.body {
+                    Body::Sync(rooms) => self.remote.replace_node(envelope.origin, &rooms),
+                    Body::Gone(members) => {
+                        for (client, room) in &members {
+                            self.remote.decrement(room, envelope.origin);
+                            self.remote_presence(out, room, client, false);
+                        }
+                        self.remote.remove_node(envelope.origin);
+                    }
+                    Body::Message(_)
+                    | Body::Joined { .. }
+                    | Body::Left { .. }
+                    | Body::Heartbeat => {}
+                }
+            }
+            Event::Snapshot(table) => self.remote.replace_all(&table),
+        }
+    }
+
+    /// Frames a message from another instance once and queues it on every
+    /// local member of `room`, as a local broadcast is.
+    fn remote_message(&mut self, out: &mut impl Outbox, room: &str, json: &[u8]) {
+        let Some(room) = self.rooms.find(room).and_then(|k| self.rooms.get(k)) else {
+            return;
+        };
+        let frame: Rc<[u8]> = Rc::from(frame_json(&mut self.scratch, json));
+        for &member in &room.members {
+            out.send_shared(member, &frame);
+        }
+    }
+
+    /// Tells the local members of `room` that `client`, elsewhere, joined
+    /// or left, with the room's size across instances.
+    fn remote_presence(&mut self, out: &mut impl Outbox, room: &str, client: &str, joined: bool) {
+        let Some(room) = self.rooms.find(room).and_then(|k| self.rooms.get(k)) else {
+            return;
+        };
+        let Some(client_id) = ClientId::parse(client) else {
+            return;
+        };
+        let room_id = &*room.name;
+        let user_count = room.members.len() + self.remote.total(room_id);
+        let notice = if joined {
+            Outgoing::UserJoined {
+                client_id,
+                room_id,
+                user_count,
+            }
+        } else {
+            Outgoing::UserLeft {
+                client_id,
+                room_id,
+                user_count,
+            }
         };
         let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
         for &member in &room.members {
@@ -372,11 +514,26 @@ fn is_unicode_string(raw: &RawValue) -> bool {
     serde_json::from_str::<Cow<'_, str>>(raw.get()).is_ok()
 }
 
-/// Serialises `msg` and frames it as one text frame, in `scratch`.
+/// Serialises `msg` and frames it as one text frame, in `scratch`. The
+/// JSON alone is left at `scratch[HEADER_ROOM..]`.
 fn encode<'s>(scratch: &'s mut Vec<u8>, msg: &Outgoing<'_>) -> &'s [u8] {
     scratch.clear();
     scratch.resize(HEADER_ROOM, 0);
     serde_json::to_writer(&mut *scratch, msg).expect("serialising to a Vec cannot fail");
+    frame_scratch(scratch)
+}
+
+/// Frames JSON serialised elsewhere as one text frame, in `scratch`.
+fn frame_json<'s>(scratch: &'s mut Vec<u8>, json: &[u8]) -> &'s [u8] {
+    scratch.clear();
+    scratch.resize(HEADER_ROOM, 0);
+    scratch.extend_from_slice(json);
+    frame_scratch(scratch)
+}
+
+/// Writes the header for the JSON at `scratch[HEADER_ROOM..]` just before
+/// it and returns the frame.
+fn frame_scratch(scratch: &mut [u8]) -> &[u8] {
     let len = scratch.len() - HEADER_ROOM;
     let mut header = [0u8; 10];
     let n = encode_header(&mut header, true, OpCode::Text, len);
@@ -625,6 +782,96 @@ mod tests {
             text.contains(r#""originalMessage":{"z":1,"a":"\u0041"}"#),
             "{text}"
         );
+    }
+
+    fn envelope(kind: u8, origin: &str, body: &str) -> Vec<u8> {
+        let mut v = Vec::new();
+        wire::encode(&mut v, kind, origin, body.as_bytes());
+        v
+    }
+
+    fn room_event(room: &str, payload: Vec<u8>) -> Event {
+        Event::Room {
+            room: room.into(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn news_from_other_instances_reaches_local_members_with_global_counts() {
+        use crate::backplane::wire::kind;
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        let b = connect(&mut chat, &mut t);
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        send(&mut chat, &mut t, b, json!({"type": "join", "roomId": "r"}));
+        take(&mut t, a);
+        take(&mut t, b);
+
+        let msg = concat!(
+            r#"{"type":"message","clientId":"client-1-000000001","roomId":"r","#,
+            r#""text":"hi","timestamp":"2026-12-03T15:28:46.123Z"}"#
+        );
+        chat.on_remote(&mut t, room_event("r", envelope(kind::MESSAGE, "n2", msg)));
+        let want: Value = serde_json::from_str(msg).unwrap();
+        assert_eq!(take(&mut t, a), vec![want.clone()]);
+        assert_eq!(take(&mut t, b), vec![want]);
+        // A room with no local members: nothing to do, nothing sent.
+        chat.on_remote(&mut t, room_event("q", envelope(kind::MESSAGE, "n2", msg)));
+        assert!(take(&mut t, a).is_empty());
+
+        let c1 = "client-1-000000001";
+        chat.on_remote(
+            &mut t,
+            room_event("r", envelope(kind::JOINED, "n2", &format!("1 {c1}"))),
+        );
+        assert_eq!(
+            take(&mut t, a),
+            vec![json!({"type":"user_joined","clientId":c1,"roomId":"r","userCount":3})]
+        );
+        let c = connect(&mut chat, &mut t);
+        send(&mut chat, &mut t, c, json!({"type": "join", "roomId": "r"}));
+        assert_eq!(take(&mut t, c)[1]["userCount"], 4);
+
+        // A node gone with two members: both announced, counts falling.
+        let sync = r#"[["r",2],["q",1]]"#;
+        chat.on_remote(
+            &mut t,
+            Event::Nodes {
+                payload: envelope(kind::SYNC, "n3", sync),
+            },
+        );
+        take(&mut t, a);
+        let gone =
+            r#"["client-2-000000002","r","client-3-000000003","r","client-4-000000004","q"]"#;
+        chat.on_remote(
+            &mut t,
+            Event::Nodes {
+                payload: envelope(kind::GONE, "n3", gone),
+            },
+        );
+        let got = take(&mut t, a);
+        let counts: Vec<&Value> = got.iter().map(|v| &v["userCount"]).collect();
+        assert_eq!(counts, [&json!(5), &json!(4)]);
+        assert_eq!(got[0]["clientId"], "client-2-000000002");
+
+        chat.on_remote(
+            &mut t,
+            room_event("r", envelope(kind::LEFT, "n2", &format!("0 {c1}"))),
+        );
+        assert_eq!(
+            take(&mut t, b).last(),
+            Some(&json!({"type":"user_left","clientId":c1,"roomId":"r","userCount":3}))
+        );
+        take(&mut t, a);
+        // A snapshot replaces what was known.
+        chat.on_remote(
+            &mut t,
+            Event::Snapshot(vec![("n9".into(), vec![("r".into(), 7)])]),
+        );
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        assert_eq!(take(&mut t, a)[0]["userCount"], 10);
     }
 
     #[test]

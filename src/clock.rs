@@ -108,6 +108,27 @@ impl ClientId {
             random: rng.next_u64() % RANDOM_SPACE,
         }
     }
+
+    /// Reads an identifier as [`fmt::Display`] writes it (another
+    /// instance's member, say); `None` if `s` is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix("client-")?;
+        let (millis, digits) = rest.split_once('-')?;
+        if digits.len() != 9 || millis.is_empty() || !millis.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let millis = millis.parse().ok()?;
+        let mut random = 0u64;
+        for b in digits.bytes() {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'z' => b - b'a' + 10,
+                _ => return None,
+            };
+            random = random * 36 + u64::from(d);
+        }
+        Some(ClientId { millis, random })
+    }
 }
 
 impl fmt::Display for ClientId {
@@ -162,6 +183,15 @@ mod tests {
         assert_eq!(parts[0], "client");
         assert!(parts[1].parse::<u64>().unwrap() > 1_700_000_000_000);
         assert_eq!(parts[2].len(), 9);
+        assert_eq!(ClientId::parse(&a).map(|c| c.to_string()), Some(a.clone()));
+        for bad in [
+            "client-1-abc",
+            "client--000000000",
+            "x-1-000000000",
+            "client-1-00000000A",
+        ] {
+            assert_eq!(ClientId::parse(bad), None, "{bad}");
+        }
         assert!(parts[2]
             .bytes()
             .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));

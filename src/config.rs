@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::backplane::Settings;
 use crate::cloudrun::Deployment;
 use crate::conn::Limits;
 use crate::log::Level;
@@ -84,12 +85,31 @@ pub struct Config {
     #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
     pub project_id: Option<String>,
 
+    /// Redis URL (redis://[:password@]host[:port][/db]) through which
+    /// instances share rooms; unset, this instance serves its rooms alone.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// With --redis-url: how long an instance's members outlive its last
+    /// heartbeat in Redis before the other instances announce them as left.
+    #[arg(long, env = "PRESENCE_EXPIRY", default_value = "30s", value_parser = duration)]
+    pub presence_expiry: Duration,
+
     /// Lowest log level written: debug, info, warning or error.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = level)]
     pub log_level: Level,
 }
 
 impl Config {
+    /// The backplane's settings, when a Redis URL is configured.
+    pub fn backplane(&self) -> Option<Settings> {
+        Some(Settings {
+            url: self.redis_url.clone()?,
+            expiry: self.presence_expiry,
+            instance_id: self.instance_id.clone(),
+        })
+    }
+
     /// The limits the connection layer enforces, in bytes and milliseconds.
     pub fn limits(&self) -> Limits {
         Limits {

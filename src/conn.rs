@@ -299,6 +299,17 @@ impl<S: Transport> Engine<S> {
         &self.chat
     }
 
+    /// The chat app, mutably (the shell attaches and stops the backplane).
+    pub fn chat_mut(&mut self) -> &mut Chat {
+        &mut self.chat
+    }
+
+    /// Hands up to `max` backplane events to the app. Returns true when
+    /// more are waiting.
+    pub fn pump_backplane(&mut self, max: usize) -> bool {
+        self.chat.pump_backplane(&mut self.table, max)
+    }
+
     /// The peer at `key`.
     pub fn peer(&self, key: Key) -> Option<&Peer<S>> {
         self.table.peers.get(key)
@@ -572,6 +583,7 @@ impl<S: Transport> Engine<S> {
             instance: &self.instance_id,
             deployment: &self.deployment,
             readiness: self.readiness(),
+            backplane: self.chat.backplane_status(),
         };
         let Some(peer) = self.table.peers.get_mut(key) else {
             return;
@@ -861,6 +873,9 @@ struct Health<'a> {
     service: Option<&'a str>,
     revision: Option<&'a str>,
     configuration: Option<&'a str>,
+    /// `connected` or `degraded`; absent when running alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backplane: Option<&'a str>,
 }
 
 /// What answering a request may report: the server's state when it came.
@@ -871,6 +886,7 @@ struct Site<'a> {
     instance: &'a str,
     deployment: &'a Deployment,
     readiness: Readiness,
+    backplane: Option<&'a str>,
 }
 
 /// How a complete request is answered.
@@ -938,6 +954,7 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
                 service: d.service.as_deref(),
                 revision: d.revision.as_deref(),
                 configuration: d.configuration.as_deref(),
+                backplane: site.backplane,
             })
             .expect("the health report serialises");
             Decision::Respond {

@@ -5,12 +5,14 @@
 //! layer (`conn`, `outq`, `lifetime`, `probes`) runs each peer's state
 //! machine; the protocol layer (`http`, `frame`, `mask`, `utf8`, `close`,
 //! `trace`) parses and encodes bytes and nothing else; the app (`chat`,
-//! `rooms`) speaks the JSON chat protocol.
+//! `rooms`) speaks the JSON chat protocol; the `backplane` shares rooms
+//! between instances through Redis.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod assets;
+pub mod backplane;
 pub mod chat;
 pub mod clock;
 pub mod close;

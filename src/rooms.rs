@@ -65,7 +65,6 @@ impl Rooms {
     }
 
     /// The room named `name`, if it exists.
-    #[cfg(test)]
     pub fn find(&self, name: &str) -> Option<Key> {
         self.by_name.get(name).copied()
     }

@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::backplane::Backplane;
 use crate::config::Config;
 use crate::conn::Engine;
 use crate::log;
@@ -23,6 +24,15 @@ use crate::slab::Key;
 /// Tokens outside the key space: a slab index is never `u32::MAX`.
 const LISTENER: Token = Token(u32::MAX as usize);
 const SIGNALS: Token = Token((1 << 32) | u32::MAX as usize);
+const BACKPLANE: Token = Token((2 << 32) | u32::MAX as usize);
+
+/// Backplane events handled per loop turn, so a flood from Redis cannot
+/// starve the sockets.
+const BACKPLANE_EVENTS_PER_TURN: usize = 4096;
+
+/// At shutdown, how long to wait for Redis to take this instance's
+/// deregistration.
+const BACKPLANE_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The shared read buffer. A read fills it at most once per call, so this
 /// also sets how much one connection reads before the next gets a turn.
@@ -56,6 +66,8 @@ pub struct Server {
     /// Set when accept failed for lack of file descriptors: retried on the
     /// next tick, since an edge-triggered listener will not say so again.
     accept_backlog: bool,
+    /// Set when backplane events were left for the next turn.
+    backplane_backlog: bool,
 }
 
 impl Server {
@@ -74,17 +86,26 @@ impl Server {
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut engine =
+            Engine::new(config.limits(), &config.instance_id).with_deployment(config.deployment());
+        if let Some(settings) = config.backplane() {
+            let waker = mio::Waker::new(poll.registry(), BACKPLANE)?;
+            let backplane = Backplane::start(&settings, waker)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            log::info("backplane: starting", &[("node", backplane.node().into())]);
+            engine.chat_mut().attach_backplane(backplane);
+        }
         Ok(Server {
             poll,
             listener,
             signals,
-            engine: Engine::new(config.limits(), &config.instance_id)
-                .with_deployment(config.deployment()),
+            engine,
             read_buf: vec![0; READ_BUFFER],
             started: Instant::now(),
             drain_timeout: config.drain_timeout,
             unfinished_reads: Vec::new(),
             accept_backlog: false,
+            backplane_backlog: false,
         })
     }
 
@@ -117,7 +138,10 @@ impl Server {
             let now = self.now();
             // A drain ends at its deadline, not at the tick after it.
             let wake = drain.map_or(next_tick, |(_, deadline)| next_tick.min(deadline));
-            let timeout = if self.unfinished_reads.is_empty() && !self.engine.has_pending_work() {
+            let timeout = if self.unfinished_reads.is_empty()
+                && !self.engine.has_pending_work()
+                && !self.backplane_backlog
+            {
                 Duration::from_millis(wake.saturating_sub(now))
             } else {
                 Duration::ZERO
@@ -134,6 +158,8 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
+                    // Only a wake-up: events are taken below, every turn.
+                    BACKPLANE => {}
                     SIGNALS => {
                         if self.on_signals(now) && drain.is_none() {
                             drain = Some((now, now.saturating_add(drain_millis)));
@@ -151,6 +177,7 @@ impl Server {
                     }
                 }
             }
+            self.backplane_backlog = self.engine.pump_backplane(BACKPLANE_EVENTS_PER_TURN);
             if now >= next_tick {
                 next_tick = now + tick;
                 self.engine.tick(now);
@@ -171,6 +198,9 @@ impl Server {
                             ("drainMillis", (now - started).into()),
                         ],
                     );
+                    self.engine
+                        .chat_mut()
+                        .stop_backplane(BACKPLANE_STOP_TIMEOUT);
                     return Ok(());
                 }
             }

@@ -43,7 +43,10 @@ fn ping_interval_comes_from_the_environment() {
     let server = ServerBuilder::new().env("PING_INTERVAL", "500ms").spawn();
     let mut c = Client::plain(&server, "/echo");
     let pings = count_pings(&mut c, Duration::from_millis(2500));
-    assert!(pings >= 2, "only {pings} pings in 2.5 s at a 500 ms interval");
+    assert!(
+        pings >= 2,
+        "only {pings} pings in 2.5 s at a 500 ms interval"
+    );
 }
 
 #[test]

@@ -41,6 +41,8 @@ const SERVER_ENV: &[&str] = &[
     "K_SERVICE",
     "K_CONFIGURATION",
     "GOOGLE_CLOUD_PROJECT",
+    "REDIS_URL",
+    "PRESENCE_EXPIRY",
 ];
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
