@@ -144,7 +144,18 @@ def connection():
     write("connection", "script-b", b"\x03" + bytes(range(255, 0, -3)))
 
 
+def backplane_wire():
+    write("backplane_wire", "message", b'Mrev-1-ab\n{"type":"message","text":"hi"}')
+    write("backplane_wire", "joined", b"Jrev-1-ab\n3 client-1700000000000-abc123xyz")
+    write("backplane_wire", "left", b"Lnode\n0 client-1-x")
+    write("backplane_wire", "sync", b'Snode\n[["lobby",2],["a b",1]]')
+    write("backplane_wire", "gone", b'Gnode\n["c1","r\\/1","c2","r2"]')
+    write("backplane_wire", "gone-empty", b"Gnode\n{}")
+    write("backplane_wire", "heartbeat", b"Hnode\n")
+
+
 def main():
+    backplane_wire()
     handshake()
     frames()
     utf8()
