@@ -20,7 +20,9 @@
 #      installs cargo-fuzz and a C++ compiler if missing)
 #   7. the browser client's tests against that binary: unit (node --test),
 #      typings (tsc), Node.js, and the chat page in headless Chromium
-#   8. the Autobahn conformance cases 1-10 against that binary
+#   8. a soak test (scripts/soak.py): two rounds of 10 s of 5,000 mixed
+#      clients against that binary
+#   9. the Autobahn conformance cases 1-10 against that binary
 #
 # Setup steps are `ensure_*` functions (ensure_python_venv,
 # ensure_redis_server, ...) called from main.
@@ -78,7 +80,7 @@ apt_install() {
 
 # A venv under target/ (gitignored, removed by `cargo clean`) holding kosoku,
 # the Autobahn fuzzing client used by scripts/autobahn.py, and websockets, the
-# client scripts/empty_root.py chats with.
+# client library of scripts/soak.py and of scripts/empty_root.py.
 ensure_python_venv() {
     section "python venv ($VENV_DIR, kosoku==$KOSOKU_VERSION, websockets==$WEBSOCKETS_VERSION)"
     local py="$VENV_DIR/bin/python"
@@ -269,6 +271,9 @@ main() {
     "$REPO_ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-20}"
 
     run_client_tests "$REPO_ROOT/$binary"
+
+    section "soak (2 rounds of 10 s, 5,000 connections, against $binary)"
+    "$VENV_DIR/bin/python" scripts/soak.py --binary "$binary" --duration 20
 
     section "autobahn (cases 1-10 against $binary)"
     # Keep this last: its final line (`autobahn: N passed, M failed`) should

@@ -4,10 +4,14 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::Verifier;
 use crate::backplane::Settings;
 use crate::cloudrun::Deployment;
 use crate::conn::Limits;
+use crate::gate::Policy;
+use crate::limits::{Admission, RateLimit};
 use crate::log::Level;
+use crate::origin::OriginPolicy;
 
 /// roomcast: a WebSocket chat-room server.
 ///
@@ -98,6 +102,56 @@ pub struct Config {
     /// Lowest log level written: debug, info, warning or error.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = level)]
     pub log_level: Level,
+
+    /// Connections held at once, handshakes included; more are answered
+    /// 503 (the open-file limit must allow this many sockets).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = positive)]
+    pub max_connections: usize,
+
+    /// Open WebSockets from one client address; more are answered 429.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 256, value_parser = positive)]
+    pub max_connections_per_ip: usize,
+
+    /// Take the client address from the right-most X-Forwarded-For entry,
+    /// the one the proxy in front (Cloud Run's) appended.
+    #[arg(long, env = "TRUST_PROXY")]
+    pub trust_proxy: bool,
+
+    /// Rooms at once; a join that would create another gets an error.
+    #[arg(long, env = "MAX_ROOMS", default_value_t = 10_000, value_parser = positive)]
+    pub max_rooms: usize,
+
+    /// Members of one room; joins beyond get an error.
+    #[arg(long, env = "MAX_ROOM_MEMBERS", default_value_t = 1_000, value_parser = positive)]
+    pub max_room_members: usize,
+
+    /// Chat messages per second a connection may send on average.
+    #[arg(long, env = "RATE_LIMIT", default_value_t = 20, value_parser = positive_u32)]
+    pub rate_limit: u32,
+
+    /// Chat messages a connection may send back to back.
+    #[arg(long, env = "RATE_BURST", default_value_t = 40, value_parser = positive_u32)]
+    pub rate_burst: u32,
+
+    /// A client over the rate limit, without a 1 s pause, this long is
+    /// closed with 1008.
+    #[arg(long, env = "RATE_LIMIT_CLOSE_AFTER", default_value = "10s", value_parser = duration)]
+    pub rate_limit_close_after: Duration,
+
+    /// Require an HS256 JWT signed with this secret on every upgrade
+    /// (Authorization: Bearer, or a token query parameter).
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true, value_parser = secret)]
+    pub auth_secret: Option<String>,
+
+    /// Origins allowed to connect, comma-separated:
+    /// https://chat.example.com, https://*.example.com, *.example.com.
+    /// Unset: any.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',', value_parser = origin)]
+    pub allowed_origins: Vec<String>,
+
+    /// Refuse upgrades that carry no Origin header (non-browser clients).
+    #[arg(long, env = "REQUIRE_ORIGIN")]
+    pub require_origin: bool,
 }
 
 impl Config {
@@ -135,6 +189,32 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Who may connect, and how much each may do.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            admission: Admission {
+                max_connections: self.max_connections,
+                max_per_ip: self.max_connections_per_ip,
+                trust_proxy: self.trust_proxy,
+                max_rooms: self.max_rooms,
+                max_room_members: self.max_room_members,
+                rate: RateLimit {
+                    per_second: self.rate_limit,
+                    burst: self.rate_burst,
+                    close_after: millis(self.rate_limit_close_after),
+                },
+            },
+            auth: self
+                .auth_secret
+                .as_ref()
+                .map(|s| Verifier::new(s.as_bytes())),
+            origins: OriginPolicy::new(&self.allowed_origins, self.require_origin)
+                .expect("each entry was checked as it was parsed"),
+        }
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -145,6 +225,24 @@ fn positive(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn positive_u32(s: &str) -> Result<u32, String> {
+    positive(s).and_then(|n| u32::try_from(n).map_err(|e| e.to_string()))
+}
+
+/// An empty secret would make every token signed with an empty key valid:
+/// a misconfiguration, refused at start rather than served.
+fn secret(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_string())
+}
+
+fn origin(s: &str) -> Result<String, String> {
+    OriginPolicy::new(&[s], false).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

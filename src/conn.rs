@@ -13,23 +13,35 @@
 //! A plain HTTP request goes from Handshake to Lingering -> removed.
 
 use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 
 use serde_json::Value;
 
 use crate::assets;
-use crate::chat::{Chat, Member, Outbox};
-use crate::clock::IdRng;
+use crate::auth::Identity;
+use crate::chat::{Chat, Member, Outbox, RoomLimits};
+use crate::clock::{self, IdRng};
 use crate::close::{parse_close_payload, CloseCode, PeerClose};
 use crate::cloudrun::Deployment;
 use crate::frame::{write_close, write_frame, Decoder, Event, FrameError, OpCode, Payload};
+use crate::gate::{Denied, Policy};
 use crate::http::{self, HttpError};
+use crate::ledger::{Closer, Ledger, ABNORMAL};
 use crate::lifetime;
+use crate::limits::{PerIp, TokenBucket, Verdict};
 use crate::log;
+use crate::metrics::{Gauges, Metrics, Refusal};
 use crate::outq::OutQueue;
 use crate::probes::{self, Load, Readiness};
 use crate::slab::{Key, Slab};
 use crate::trace::TraceContext;
+
+/// Connections accepted past `--max-connections` whose requests are still
+/// read, so that health probes and metrics scrapes are answered when the
+/// server is full (an upgrade among them gets 503). Beyond these, a
+/// connection is answered 503 as soon as it is accepted.
+pub const PROBE_ROOM: usize = 64;
 
 /// What the engine needs of a socket.
 pub trait Transport: Read + Write {
@@ -139,10 +151,18 @@ pub struct Connection {
     /// it (a project is configured); boxed, as most connections have none.
     trace: Option<Box<TraceContext>>,
     member: Option<Member>,
+    /// The TCP peer's address.
+    peer_ip: IpAddr,
+    /// The client address counted against `--max-connections-per-ip`,
+    /// once upgraded.
+    counted_ip: Option<IpAddr>,
+    bucket: TokenBucket,
+    /// Traffic and ending, for the metrics and the end-of-connection log.
+    ledger: Ledger,
 }
 
 impl Connection {
-    fn new(now: u64, limits: &Limits) -> Self {
+    fn new(now: u64, limits: &Limits, policy: &Policy, peer_ip: IpAddr) -> Self {
         Connection {
             phase: Phase::Handshake,
             route: Route::Chat,
@@ -160,6 +180,10 @@ impl Connection {
             upgraded: false,
             trace: None,
             member: None,
+            peer_ip,
+            counted_ip: None,
+            bucket: TokenBucket::new(&policy.admission.rate, now),
+            ledger: Ledger::new(now),
         }
     }
 
@@ -188,6 +212,7 @@ pub struct Table<S> {
     dirty: Vec<Key>,
     /// Connections in the Open phase.
     open: usize,
+    metrics: Metrics,
     /// Upgraded connections not yet removed, whatever their phase.
     websockets: usize,
 }
@@ -205,6 +230,8 @@ impl<S> Outbox for Table<S> {
         if let Some(peer) = self.peers.get_mut(to) {
             if peer.conn.phase == Phase::Open {
                 peer.conn.out.push_bytes(frame);
+                peer.conn.ledger.messages_out += 1;
+                self.metrics.messages_out += 1;
                 mark_dirty_conn(&mut peer.conn, &mut self.dirty, to);
             }
         }
@@ -214,6 +241,8 @@ impl<S> Outbox for Table<S> {
         if let Some(peer) = self.peers.get_mut(to) {
             if peer.conn.phase == Phase::Open {
                 peer.conn.out.push_shared(frame);
+                peer.conn.ledger.messages_out += 1;
+                self.metrics.messages_out += 1;
                 mark_dirty_conn(&mut peer.conn, &mut self.dirty, to);
             }
         }
@@ -233,19 +262,25 @@ pub struct Engine<S> {
     /// Connections to remove; the shell takes them to deregister.
     doomed: Vec<Key>,
     shutting_down: bool,
+    policy: Policy,
+    per_ip: PerIp,
+    /// The latest `now` handed in, for what happens between calls that
+    /// carry one (a removal's log line).
+    last_now: u64,
     /// Draws each connection's spread of the maximum age.
     rng: IdRng,
     deployment: Deployment,
 }
 
 impl<S: Transport> Engine<S> {
-    /// An engine with no connections.
+    /// An engine with no connections, no auth and no admission limits.
     pub fn new(limits: Limits, instance_id: &str) -> Self {
         Engine {
             table: Table {
                 peers: Slab::new(),
                 dirty: Vec::new(),
                 open: 0,
+                metrics: Metrics::default(),
                 websockets: 0,
             },
             chat: Chat::new(instance_id),
@@ -253,6 +288,9 @@ impl<S: Transport> Engine<S> {
             instance_id: instance_id.into(),
             doomed: Vec::new(),
             shutting_down: false,
+            policy: Policy::permissive(),
+            per_ip: PerIp::default(),
+            last_now: 0,
             rng: IdRng::new(),
             deployment: Deployment::default(),
         }
@@ -263,6 +301,46 @@ impl<S: Transport> Engine<S> {
     pub fn with_deployment(mut self, deployment: Deployment) -> Self {
         self.deployment = deployment;
         self
+    }
+
+    /// The same engine with `policy` enforced on connections from now on.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.chat.set_limits(RoomLimits {
+            max_rooms: policy.admission.max_rooms,
+            max_members: policy.admission.max_room_members,
+        });
+        self.policy = policy;
+        self
+    }
+
+    /// The counters, for the loop to add its own.
+    pub fn metrics_mut(&mut self) -> &mut Metrics {
+        &mut self.table.metrics
+    }
+
+    /// The `/metrics` exposition as of now.
+    pub fn render_metrics(&self) -> String {
+        let mut queued_bytes = 0;
+        let mut members = 0;
+        for (_, peer) in self.table.peers.iter() {
+            queued_bytes += peer.conn.out.len();
+            members += usize::from(
+                peer.conn
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| m.membership.is_some()),
+            );
+        }
+        self.table.metrics.render(&Gauges {
+            connections: self.len(),
+            websockets: self.table.open,
+            rooms: self.chat.rooms().len(),
+            members,
+            queued_bytes,
+            draining: self.shutting_down,
+            fanout: self.chat.fanout(),
+            joins_refused: self.chat.joins_refused(),
+        })
     }
 
     /// Connections of any phase.
@@ -291,6 +369,8 @@ impl<S: Transport> Engine<S> {
         probes::readiness(&Load {
             draining: self.shutting_down,
             open_connections: self.table.open,
+            connections: self.len(),
+            max_connections: self.policy.admission.max_connections,
         })
     }
 
@@ -325,10 +405,34 @@ impl<S: Transport> Engine<S> {
         self.table.peers.iter().map(|(k, _)| k).collect()
     }
 
-    /// Adds a freshly accepted connection.
+    /// Adds a freshly accepted connection from an unknown address.
     pub fn accept(&mut self, socket: S, now: u64) -> Key {
-        let conn = Connection::new(now, &self.limits);
-        self.table.peers.insert(Peer { socket, conn })
+        self.accept_from(socket, IpAddr::V4(Ipv4Addr::UNSPECIFIED), now)
+    }
+
+    /// Adds a freshly accepted connection from `peer_ip`. Past
+    /// `--max-connections` its request is still read, so that probes and
+    /// scrapes are answered when the server is full, but an upgrade gets
+    /// 503; past that and [`PROBE_ROOM`] more, it is answered 503 at once,
+    /// without waiting for its request, and closed.
+    // LIMITATION: a refused connection still lingers, up to the close
+    // timeout, until its client closes; a flood of connects can so hold
+    // more descriptors than the limit, about its connect rate times the
+    // close timeout, until the open-file limit makes accepts fail.
+    pub fn accept_from(&mut self, socket: S, peer_ip: IpAddr, now: u64) -> Key {
+        let held = self.len().saturating_sub(PROBE_ROOM);
+        let full = self.policy.admission.is_full(held);
+        let conn = Connection::new(now, &self.limits, &self.policy, peer_ip);
+        self.table.metrics.accepted += 1;
+        let key = self.table.peers.insert(Peer { socket, conn });
+        if full {
+            self.table.metrics.refused(Refusal::Limit);
+            if let Some(peer) = self.table.peers.get_mut(key) {
+                peer.conn.out.push_with(|v| Denied::Full.write(v));
+            }
+            self.linger(key, now);
+        }
+        key
     }
 
     /// Handles bytes read from `key`. May queue writes and doom connections.
@@ -342,6 +446,8 @@ impl<S: Transport> Engine<S> {
             return;
         }
         peer.conn.last_seen = now;
+        peer.conn.ledger.bytes_in += input.len() as u64;
+        self.table.metrics.bytes_in += input.len() as u64;
         match peer.conn.phase {
             Phase::Handshake => self.on_request_bytes(key, input, now),
             Phase::Open | Phase::Closing => self.on_frames(key, input, 0, now),
@@ -378,19 +484,27 @@ impl<S: Transport> Engine<S> {
     /// Writes every dirty connection's queue once, closing connections
     /// whose queue passed the limit.
     pub fn flush(&mut self, now: u64) {
+        self.last_now = self.last_now.max(now);
         while let Some(key) = self.table.dirty.pop() {
             let Some(peer) = self.table.peers.get_mut(key) else {
                 continue;
             };
             let conn = &mut peer.conn;
             conn.dirty = false;
+            let before = conn.out.len();
             let flushed = if conn.write_blocked {
                 Ok(false)
             } else {
                 conn.out.flush_to(&mut peer.socket)
             };
+            let written = (before - conn.out.len()) as u64;
+            conn.ledger.bytes_out += written;
+            self.table.metrics.bytes_out += written;
             match flushed {
-                Err(_) => self.doom(key),
+                Err(_) => {
+                    conn.ledger.ended(ABNORMAL, Closer::Error);
+                    self.doom(key);
+                }
                 Ok(true) => {
                     if conn.phase == Phase::Finished {
                         self.doom(key);
@@ -410,6 +524,7 @@ impl<S: Transport> Engine<S> {
                         // backlog goes, so it costs nobody else memory; it
                         // gets a close frame after the frame now in flight.
                         let dropped = conn.out.discard_unsent();
+                        self.table.metrics.slow_consumers_closed += 1;
                         let mut fields = conn_fields(key, conn, &self.deployment);
                         fields.push(("droppedBytes", dropped.into()));
                         log::warning("slow consumer closed", &fields);
@@ -432,14 +547,46 @@ impl<S: Transport> Engine<S> {
     }
 
     /// Removes a connection and returns its transport. An open chat
-    /// connection leaves its room as it goes.
+    /// connection leaves its room as it goes; a WebSocket's end is counted
+    /// and logged.
     pub fn remove(&mut self, key: Key) -> Option<S> {
+        if let Some(peer) = self.table.peers.get_mut(key) {
+            // Still open: the peer went away without a close handshake.
+            if peer.conn.phase == Phase::Open {
+                peer.conn.ledger.ended(ABNORMAL, Closer::Error);
+            }
+        }
         self.leave_open(key);
         let peer = self.table.peers.remove(key)?;
         if peer.conn.upgraded {
             self.table.websockets -= 1;
         }
+        self.ended(key, &peer.conn);
         Some(peer.socket)
+    }
+
+    /// Counts and logs the end of a connection about to be dropped.
+    fn ended(&mut self, key: Key, conn: &Connection) {
+        let now = self.last_now;
+        if let Some(ip) = conn.counted_ip {
+            self.per_ip.remove(ip);
+        }
+        if !conn.ledger.upgraded {
+            return;
+        }
+        self.table.metrics.closed(conn.ledger.code());
+        if log::enabled(log::Level::Info) {
+            let mut fields = conn_fields(key, conn, &self.deployment);
+            fields.extend(conn.ledger.end_fields(now, conn.route.name()));
+            if let Some(m) = &conn.member {
+                fields.push(("clientId", m.client_id.to_string().into()));
+                fields.push(("room", m.last_room.as_deref().into()));
+                if let Some(user) = m.identity.as_ref().and_then(|i| i.user_id.as_deref()) {
+                    fields.push(("userId", user.into()));
+                }
+            }
+            log::info("connection closed", &fields);
+        }
     }
 
     /// Removes a connection without telling the app, for when the app
@@ -449,19 +596,22 @@ impl<S: Transport> Engine<S> {
     // too high and the room is never removed. This runs only after a bug
     // panicked twice on one connection.
     pub fn evict(&mut self, key: Key) -> Option<S> {
-        let peer = self.table.peers.remove(key)?;
+        let mut peer = self.table.peers.remove(key)?;
         if peer.conn.phase == Phase::Open {
             self.table.open -= 1;
         }
         if peer.conn.upgraded {
             self.table.websockets -= 1;
         }
+        peer.conn.ledger.ended(1011, Closer::Server);
+        self.ended(key, &peer.conn);
         Some(peer.socket)
     }
 
     /// Runs the timers: handshake and close deadlines, pings, dead peers,
     /// and the maximum connection age.
     pub fn tick(&mut self, now: u64) {
+        self.last_now = self.last_now.max(now);
         let interval = self.limits.ping_interval;
         let Table { peers, dirty, .. } = &mut self.table;
         let mut expired = Vec::new();
@@ -489,12 +639,20 @@ impl<S: Transport> Engine<S> {
             conn.out.release_excess();
         }
         for key in expired {
-            if let Some(peer) = self.table.peers.get(key) {
-                if peer.conn.phase == Phase::Open {
-                    log::info(
-                        "peer silent for two ping intervals; dropped",
-                        &conn_fields(key, &peer.conn, &self.deployment),
-                    );
+            if let Some(peer) = self.table.peers.get_mut(key) {
+                let conn = &mut peer.conn;
+                match conn.phase {
+                    Phase::Open => {
+                        conn.ledger.ended(ABNORMAL, Closer::Server);
+                        log::info(
+                            "peer silent for two ping intervals; dropped",
+                            &conn_fields(key, conn, &self.deployment),
+                        );
+                    }
+                    Phase::Handshake if !conn.doomed => {
+                        self.table.metrics.refused(Refusal::Timeout);
+                    }
+                    _ => {}
                 }
             }
             self.doom(key);
@@ -576,6 +734,8 @@ impl<S: Transport> Engine<S> {
     }
 
     fn on_request_bytes(&mut self, key: Key, input: &mut [u8], now: u64) {
+        // This connection is one of them: one fewer were held before it.
+        let full = self.policy.admission.is_full(self.len() - 1);
         let site = Site {
             open: self.table.open,
             rooms: self.chat.rooms().len(),
@@ -589,6 +749,7 @@ impl<S: Transport> Engine<S> {
             return;
         };
         let conn = &mut peer.conn;
+        let peer_ip = conn.peer_ip;
         let seen = conn.head.len();
         let from_head = seen > 0;
         if from_head {
@@ -602,7 +763,24 @@ impl<S: Transport> Engine<S> {
             };
             match parsed {
                 Ok(None) => None,
-                Ok(Some((req, used))) => Some((decide(&req, &site), used)),
+                Ok(Some((req, used))) => {
+                    let decision = match decide(&req, &site) {
+                        Decision::Upgrade {
+                            route,
+                            upgrade,
+                            trace,
+                            ..
+                        } => admit(
+                            &self.policy,
+                            &mut self.per_ip,
+                            (peer_ip, full),
+                            &req,
+                            (route, upgrade, trace),
+                        ),
+                        other => other,
+                    };
+                    Some((decision, used))
+                }
                 Err(e) => Some((Decision::Refuse(e), 0)),
             }
         };
@@ -613,7 +791,32 @@ impl<S: Transport> Engine<S> {
             return;
         };
         let mut head = std::mem::take(&mut conn.head);
+        if let Some(why) = decision.refusal() {
+            self.table.metrics.refused(why);
+        }
         match decision {
+            Decision::Deny(denied) => {
+                log::debug(
+                    "upgrade denied",
+                    &[
+                        ("conn", key.to_usize().into()),
+                        ("status", denied.status().into()),
+                        ("reason", denied.reason().into()),
+                    ],
+                );
+                conn.out.push_with(|v| denied.write(v));
+                self.linger(key, now);
+            }
+            Decision::Metrics => {
+                let body = self.render_metrics();
+                if let Some(peer) = self.table.peers.get_mut(key) {
+                    peer.conn.out.push_with(|v| {
+                        let kind = "text/plain; version=0.0.4; charset=utf-8";
+                        http::write_response(v, 200, kind, &[], body.as_bytes())
+                    });
+                }
+                self.linger(key, now);
+            }
             Decision::Refuse(err) => {
                 // Debug, not warning: scanners on a public port would
                 // otherwise fill the log with every malformed request.
@@ -646,9 +849,14 @@ impl<S: Transport> Engine<S> {
                 route,
                 upgrade,
                 trace,
+                identity,
+                counted_ip,
             } => {
+                conn.counted_ip = counted_ip;
                 conn.out
                     .push_with(|v| http::write_switching_protocols(v, &upgrade));
+                conn.ledger.upgraded = true;
+                self.table.metrics.upgraded += 1;
                 conn.phase = Phase::Open;
                 conn.upgraded = true;
                 conn.route = route;
@@ -671,7 +879,8 @@ impl<S: Transport> Engine<S> {
                 self.table.websockets += 1;
                 self.table.mark_dirty(key);
                 if route == Route::Chat {
-                    let member = self.chat.new_member();
+                    let mut member = self.chat.new_member();
+                    member.identity = identity.map(Rc::new);
                     if let Some(peer) = self.table.peers.get_mut(key) {
                         peer.conn.member = Some(member);
                     }
@@ -717,6 +926,8 @@ impl<S: Transport> Engine<S> {
             }
             match event {
                 Event::Message { kind, payload } => {
+                    conn.ledger.messages_in += 1;
+                    self.table.metrics.messages_in += 1;
                     let route = conn.route;
                     let (assembled, range) = match payload {
                         Payload::Input(range) => (None, range),
@@ -733,9 +944,24 @@ impl<S: Transport> Engine<S> {
                     match route {
                         Route::Echo => {
                             conn.out.push_with(|v| write_frame(v, kind.opcode(), data));
+                            conn.ledger.messages_out += 1;
+                            self.table.metrics.messages_out += 1;
                             self.table.mark_dirty(key);
                         }
-                        Route::Chat => self.chat.on_message(&mut self.table, key, data),
+                        Route::Chat => match conn.bucket.take(&self.policy.admission.rate, now) {
+                            Verdict::Allow => self.chat.on_message(&mut self.table, key, data),
+                            Verdict::Drop => {
+                                self.table.metrics.rate_limited += 1;
+                                self.chat
+                                    .send_error(&mut self.table, key, "Rate limit exceeded");
+                            }
+                            Verdict::Close => {
+                                self.table.metrics.rate_limited += 1;
+                                self.table.metrics.rate_limit_closed += 1;
+                                let reason = "rate limit exceeded";
+                                self.begin_close(key, CloseCode::Policy, reason, now);
+                            }
+                        },
                     }
                 }
                 Event::Ping(payload) => {
@@ -750,13 +976,17 @@ impl<S: Transport> Engine<S> {
                         // RFC 6455 5.5.1: answer a close with a close,
                         // echoing its status code.
                         Ok(PeerClose::Empty) => {
+                            // RFC 6455 7.1.5: no status code reads as 1005.
+                            conn.ledger.ended(1005, Closer::Client);
                             conn.out.push_with(|v| write_frame(v, OpCode::Close, b""));
                         }
                         Ok(PeerClose::Code(code)) => {
+                            conn.ledger.ended(code, Closer::Client);
                             conn.out
                                 .push_with(|v| write_frame(v, OpCode::Close, &code.to_be_bytes()));
                         }
                         Err(bad) => {
+                            conn.ledger.ended(bad.close_code().as_u16(), Closer::Server);
                             conn.out.push_with(|v| {
                                 write_close(v, bad.close_code(), "invalid close frame")
                             });
@@ -790,6 +1020,7 @@ impl<S: Transport> Engine<S> {
     fn begin_close(&mut self, key: Key, code: CloseCode, reason: &str, now: u64) {
         self.leave_open(key);
         if let Some(peer) = self.table.peers.get_mut(key) {
+            peer.conn.ledger.ended(code.as_u16(), Closer::Server);
             peer.conn.out.push_with(|v| write_close(v, code, reason));
         }
         self.wind_down(key, Phase::Closing, now);
@@ -892,17 +1123,67 @@ struct Site<'a> {
 /// How a complete request is answered.
 enum Decision {
     Refuse(HttpError),
+    /// An upgrade the gate turned away.
+    Deny(Denied),
     Respond {
         status: u16,
         content_type: &'static str,
         body: String,
     },
+    Metrics,
     Asset(assets::Reply),
     Upgrade {
         route: Route,
         upgrade: http::Upgrade,
         trace: Option<TraceContext>,
+        identity: Option<Identity>,
+        /// The address counted against the per-address limit.
+        counted_ip: Option<IpAddr>,
     },
+}
+
+impl Decision {
+    /// The handshake-failure reason it counts as, if it is one. A plain
+    /// request for a missing path or with another method is not.
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Decision::Deny(d) => Some(d.refusal()),
+            Decision::Refuse(HttpError::UnsupportedVersion) => Some(Refusal::Version),
+            Decision::Refuse(HttpError::NotFound) => None,
+            Decision::Refuse(_) => Some(Refusal::BadRequest),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the gate on an upgrade that passed RFC 6455's checks, and counts
+/// it against its client address. `full` says the server already holds
+/// `--max-connections` others.
+fn admit(
+    policy: &Policy,
+    per_ip: &mut PerIp,
+    (peer_ip, full): (IpAddr, bool),
+    req: &http::Request<'_>,
+    (route, upgrade, trace): (Route, http::Upgrade, Option<TraceContext>),
+) -> Decision {
+    let identity = match policy.check(req, clock::unix_millis() / 1000) {
+        Ok(identity) => identity,
+        Err(denied) => return Decision::Deny(denied),
+    };
+    if full {
+        return Decision::Deny(Denied::Full);
+    }
+    let ip = policy.client_ip(req, peer_ip);
+    if !per_ip.try_add(ip, policy.admission.max_per_ip) {
+        return Decision::Deny(Denied::PerIp);
+    }
+    Decision::Upgrade {
+        route,
+        upgrade,
+        trace,
+        identity,
+        counted_ip: Some(ip),
+    }
 }
 
 const JSON: &str = "application/json";
@@ -931,6 +1212,8 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
                     route,
                     upgrade,
                     trace,
+                    identity: None,
+                    counted_ip: None,
                 }
             }
             Err(e) => Decision::Refuse(e),
@@ -943,6 +1226,7 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
         return Decision::Refuse(HttpError::MethodNotAllowed);
     }
     match req.path {
+        "/metrics" => Decision::Metrics,
         "/" => {
             let d = site.deployment;
             let body = serde_json::to_string(&Health {
@@ -1236,6 +1520,26 @@ mod tests {
             assert!(peer.socket.shut);
             assert_eq!(peer.conn.phase(), Phase::Lingering);
         }
+    }
+
+    #[test]
+    fn not_ready_near_the_connection_limit_nor_while_draining() {
+        let mut policy = Policy::permissive();
+        policy.admission.max_connections = 10;
+        let mut engine = Engine::new(limits(), "t").with_policy(policy);
+        let keys: Vec<Key> = (0..8).map(|_| engine.accept(Wire::default(), 0)).collect();
+        assert_eq!(engine.readiness(), Readiness::Ready);
+        let ninth = engine.accept(Wire::default(), 0);
+        assert_eq!(
+            engine.readiness(),
+            Readiness::NearCapacity,
+            "9 of 10 is 90%"
+        );
+        engine.remove(ninth);
+        assert_eq!(engine.readiness(), Readiness::Ready);
+        engine.begin_shutdown(1);
+        assert_eq!(engine.readiness(), Readiness::Draining);
+        drop(keys);
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct Load {
     pub draining: bool,
     /// Open WebSocket connections.
     pub open_connections: usize,
+    /// Connections of any phase, what `--max-connections` counts.
+    pub connections: usize,
+    /// `--max-connections`.
+    pub max_connections: usize,
 }
 
 /// Whether the server takes new clients, and if not, why.
@@ -29,6 +33,9 @@ pub enum Readiness {
     Ready,
     /// Shutting down: existing clients are being closed, new ones refused.
     Draining,
+    /// Close to `--max-connections`: new clients are still accepted up to
+    /// it, but are better sent to another instance.
+    NearCapacity,
 }
 
 impl Readiness {
@@ -36,7 +43,7 @@ impl Readiness {
     pub const fn status(self) -> u16 {
         match self {
             Readiness::Ready => 200,
-            Readiness::Draining => 503,
+            Readiness::Draining | Readiness::NearCapacity => 503,
         }
     }
 
@@ -45,12 +52,13 @@ impl Readiness {
         match self {
             Readiness::Ready => "ready",
             Readiness::Draining => "draining",
+            Readiness::NearCapacity => "near capacity",
         }
     }
 
-    /// Whether new WebSocket clients are accepted.
+    /// Whether new WebSocket clients are accepted (up to the limits).
     pub const fn accepts_clients(self) -> bool {
-        matches!(self, Readiness::Ready)
+        matches!(self, Readiness::Ready | Readiness::NearCapacity)
     }
 }
 
@@ -60,7 +68,21 @@ pub fn readiness(load: &Load) -> Readiness {
     if load.draining {
         return Readiness::Draining;
     }
+    if near_capacity(load.connections, load.max_connections) {
+        return Readiness::NearCapacity;
+    }
     Readiness::Ready
+}
+
+/// The share of `--max-connections`, in percent, from which the server
+/// reports itself not ready, so a load balancer sends new clients elsewhere
+/// before they would be refused.
+pub const NEAR_CAPACITY_PERCENT: usize = 90;
+
+/// Whether `connections` are at or above [`NEAR_CAPACITY_PERCENT`] of
+/// `max`.
+pub fn near_capacity(connections: usize, max: usize) -> bool {
+    connections.saturating_mul(100) >= max.saturating_mul(NEAR_CAPACITY_PERCENT)
 }
 
 #[derive(Serialize)]
@@ -82,6 +104,8 @@ mod tests {
         let mut load = Load {
             draining: false,
             open_connections: 10,
+            connections: 10,
+            max_connections: 100,
         };
         assert_eq!(readiness(&load), Readiness::Ready);
         assert_eq!(readiness(&load).status(), 200);
@@ -90,5 +114,27 @@ mod tests {
         assert_eq!(readiness(&load).status(), 503);
         assert!(!readiness(&load).accepts_clients());
         assert_eq!(body(readiness(&load).reason()), r#"{"status":"draining"}"#);
+    }
+
+    #[test]
+    fn not_ready_from_ninety_percent_of_the_connection_limit() {
+        let mut load = Load {
+            draining: false,
+            open_connections: 0,
+            connections: 89,
+            max_connections: 100,
+        };
+        assert_eq!(readiness(&load), Readiness::Ready);
+        load.connections = 90;
+        assert_eq!(readiness(&load), Readiness::NearCapacity);
+        assert_eq!(readiness(&load).status(), 503);
+        assert!(readiness(&load).accepts_clients(), "until the limit itself");
+        assert_eq!(
+            body(readiness(&load).reason()),
+            r#"{"status":"near capacity"}"#
+        );
+        load.draining = true;
+        assert_eq!(readiness(&load), Readiness::Draining);
+        assert!(!near_capacity(0, usize::MAX));
     }
 }

@@ -86,8 +86,9 @@ impl Server {
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let mut engine =
-            Engine::new(config.limits(), &config.instance_id).with_deployment(config.deployment());
+        let mut engine = Engine::new(config.limits(), &config.instance_id)
+            .with_deployment(config.deployment())
+            .with_policy(config.policy());
         if let Some(settings) = config.backplane() {
             let waker = mio::Waker::new(poll.registry(), BACKPLANE)?;
             let backplane = Backplane::start(&settings, waker)
@@ -151,6 +152,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let busy_since = Instant::now();
             let now = self.now();
             for (key, closing) in std::mem::take(&mut self.unfinished_reads) {
                 self.read_from(key, now, closing);
@@ -186,6 +188,11 @@ impl Server {
                 }
             }
             self.settle(now);
+            let busy = busy_since.elapsed().as_micros();
+            self.engine
+                .metrics_mut()
+                .loop_time
+                .observe(u64::try_from(busy).unwrap_or(u64::MAX));
             if let Some((started, deadline)) = drain {
                 // Plain HTTP requests (probes asking /readyz) are not waited
                 // for: they are answered at once, and the drain is for
@@ -236,10 +243,10 @@ impl Server {
         self.accept_backlog = false;
         loop {
             match self.listener.accept() {
-                Ok((socket, _addr)) => {
+                Ok((socket, addr)) => {
                     // Chat frames are small and latency-sensitive.
                     let _ = socket.set_nodelay(true);
-                    let key = self.engine.accept(socket, now);
+                    let key = self.engine.accept_from(socket, addr.ip(), now);
                     let peer = self.engine.peer_mut(key).expect("just accepted");
                     let registered = self.poll.registry().register(
                         &mut peer.socket,

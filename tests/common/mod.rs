@@ -37,12 +37,32 @@ const SERVER_ENV: &[&str] = &[
     "CLOSE_TIMEOUT",
     "DRAIN_TIMEOUT",
     "LOG_LEVEL",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_IP",
+    "TRUST_PROXY",
+    "MAX_ROOMS",
+    "MAX_ROOM_MEMBERS",
+    "RATE_LIMIT",
+    "RATE_BURST",
+    "RATE_LIMIT_CLOSE_AFTER",
+    "AUTH_SECRET",
+    "ALLOWED_ORIGINS",
+    "REQUIRE_ORIGIN",
     "MAX_CONNECTION_AGE",
     "K_SERVICE",
     "K_CONFIGURATION",
     "GOOGLE_CLOUD_PROJECT",
     "REDIS_URL",
     "PRESENCE_EXPIRY",
+];
+
+/// Settings every test server starts with, before the test's own: tests send as fast as they
+/// can and all connect from 127.0.0.1, so the message rate limit and the per-address limit are
+/// lifted (the tests of those limits set them with flags, which take precedence).
+const TEST_ENV: &[(&str, &str)] = &[
+    ("RATE_LIMIT", "1000000"),
+    ("RATE_BURST", "1000000"),
+    ("MAX_CONNECTIONS_PER_IP", "1000000"),
 ];
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roomcast");
@@ -106,6 +126,7 @@ impl ServerBuilder {
         for var in SERVER_ENV {
             cmd.env_remove(var);
         }
+        cmd.envs(TEST_ENV.iter().copied());
         if self.listen_flags {
             cmd.args(["--host", "127.0.0.1", "--port", "0"]);
         }
@@ -982,4 +1003,65 @@ pub fn trickle(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
         thread::sleep(Duration::from_millis(2));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades with extra header fields, and /metrics
+// ---------------------------------------------------------------------------------------------
+
+/// An upgrade request for `path` with `extra` header fields.
+pub fn upgrade_request_with(path: &str, key: &str, extra: &[(&str, &str)]) -> String {
+    let mut req = upgrade_request(path, key);
+    req.truncate(req.len() - 2);
+    for (name, value) in extra {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// Sends an upgrade with `extra` fields. On 101 returns the open connection; otherwise the
+/// whole response (the server closes after it).
+pub fn try_upgrade(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> Result<RawWs, HttpResponse> {
+    let key = new_key();
+    let req = upgrade_request_with(path, &key, extra);
+    let mut stream = tcp_connect(addr);
+    stream.write_all(req.as_bytes()).expect("send upgrade");
+    let mut buf = Vec::new();
+    let mut resp = read_response_head(&mut stream, &mut buf);
+    if resp.status == 101 {
+        assert_switching(&resp, &key);
+        return Ok(RawWs::from_parts(stream, buf));
+    }
+    let len: usize = resp
+        .header("content-length")
+        .map_or(0, |l| l.parse().expect("Content-Length"));
+    let deadline = Instant::now() + STEP;
+    while buf.len() < len {
+        read_more(&mut stream, &mut buf, deadline).expect("response body");
+    }
+    resp.body = buf.drain(..len).collect();
+    Err(resp)
+}
+
+/// Scrapes `/metrics` and returns each sample line's value by its name and labels, as
+/// written (`name{label="v"}`).
+pub fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let resp = http_get(addr, "/metrics");
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
+    resp.body_text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("sample line");
+            (name.to_owned(), value.parse().expect("sample value"))
+        })
+        .collect()
 }
