@@ -116,7 +116,7 @@ fn owed_status(parsed: &Outcome, req: &Request<'_>) -> &'static [u16] {
     if !wants_ws {
         // Plain requests: the embedded client files (GET and HEAD, 304
         // when If-None-Match names the file), the health report, the
-        // probes, or nothing.
+        // probes, the metrics, or nothing.
         if assets::find(req.path).is_some() {
             return match req.method {
                 "GET" | "HEAD" => &[200, 304],
@@ -124,7 +124,7 @@ fn owed_status(parsed: &Outcome, req: &Request<'_>) -> &'static [u16] {
             };
         }
         return match (req.method, req.path) {
-            ("GET", "/" | "/healthz" | "/readyz") => &[200],
+            ("GET", "/" | "/healthz" | "/readyz" | "/metrics") => &[200],
             ("GET", _) => &[404],
             _ => &[405],
         };
