@@ -57,6 +57,7 @@ def handshake():
     write("handshake", "asset", b"GET /client.js HTTP/1.1\r\nHost: x\r\n"
           b"If-None-Match: W/\"0123456789abcdef\", *\r\n\r\n")
     write("handshake", "head", b"HEAD /chat HTTP/1.1\r\nHost: x\r\n\r\n")
+    write("handshake", "head-elsewhere", b"HEAD /cs-Vehat HTTP/1.1\r\nHost: x\r\n\r\n")
     write("handshake", "probe", b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
     write("handshake", "metrics", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     write("handshake", "tls", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
