@@ -10,7 +10,7 @@
 # stopping at the first failure:
 #
 #   1. cargo fmt --check
-#   2. cargo clippy (all targets, warnings are errors)
+#   2. cargo clippy (every crate and target, warnings are errors)
 #   3. the Rust tests (cargo nextest if installed, else cargo test) + doctests
 #   4. the static release build (scripts/build-static.sh), the one the
 #      Dockerfile ships
@@ -255,7 +255,7 @@ main() {
     cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
     section "cargo clippy"
-    cargo clippy --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets -- -D warnings
 
     run_rust_tests
 

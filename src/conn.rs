@@ -133,16 +133,18 @@ pub struct Connection {
     /// Set when the socket refused bytes; cleared when it says it is
     /// writable again, so a stalled peer costs no system call per message.
     write_blocked: bool,
-    /// The request head so far, while it spans several reads.
-    head: Vec<u8>,
+    /// The request head so far, while it spans several reads. Boxed: it is
+    /// rare, and every idle connection would carry the empty vector.
+    // The box is the point: eight bytes per connection instead of 24.
+    #[allow(clippy::box_collection)]
+    head: Option<Box<Vec<u8>>>,
     decoder: Decoder,
     out: OutQueue,
-    /// When the current phase runs out (handshake, closing, lingering).
+    /// When the current phase runs out (handshake, closing, lingering), or,
+    /// while open, when the next ping is due.
     deadline: u64,
     /// When the peer last sent anything.
     last_seen: u64,
-    /// When we last sent a ping.
-    last_ping: u64,
     /// When an open WebSocket is asked to reconnect: its maximum age.
     expires: u64,
     /// Set once the upgrade succeeds, whatever happens after.
@@ -170,12 +172,11 @@ impl Connection {
             dirty: false,
             doomed: false,
             write_blocked: false,
-            head: Vec::new(),
+            head: None,
             decoder: Decoder::new(0),
             out: OutQueue::new(),
             deadline: now.saturating_add(limits.handshake_timeout),
             last_seen: now,
-            last_ping: now,
             expires: u64::MAX,
             upgraded: false,
             trace: None,
@@ -629,8 +630,8 @@ impl<S: Transport> Engine<S> {
                         expired.push(key);
                     } else if now >= conn.expires {
                         aged.push(key);
-                    } else if now.saturating_sub(conn.last_ping) >= interval {
-                        conn.last_ping = now;
+                    } else if now >= conn.deadline {
+                        conn.deadline = now.saturating_add(interval);
                         conn.out.push_with(|v| write_frame(v, OpCode::Ping, b""));
                         mark_dirty_conn(conn, dirty, key);
                     }
@@ -750,14 +751,15 @@ impl<S: Transport> Engine<S> {
         };
         let conn = &mut peer.conn;
         let peer_ip = conn.peer_ip;
-        let seen = conn.head.len();
+        let seen = conn.head.as_deref().map_or(0, Vec::len);
         let from_head = seen > 0;
-        if from_head {
-            conn.head.extend_from_slice(input);
+        if let Some(head) = conn.head.as_mut().filter(|_| from_head) {
+            head.extend_from_slice(input);
         }
         let decision = {
             let parsed = if from_head {
-                http::parse_request_more(&conn.head, seen)
+                let head = conn.head.as_deref().map_or(&[][..], Vec::as_slice);
+                http::parse_request_more(head, seen)
             } else {
                 http::parse_request(input)
             };
@@ -786,11 +788,13 @@ impl<S: Transport> Engine<S> {
         };
         let Some((decision, used, head_only)) = decision else {
             if !from_head {
-                conn.head.extend_from_slice(input);
+                conn.head
+                    .get_or_insert_with(Box::default)
+                    .extend_from_slice(input);
             }
             return;
         };
-        let mut head = std::mem::take(&mut conn.head);
+        let mut head = conn.head.take().map_or_else(Vec::new, |h| *h);
         if let Some(why) = decision.refusal() {
             self.table.metrics.refused(why);
         }
@@ -874,7 +878,7 @@ impl<S: Transport> Engine<S> {
                 conn.phase = Phase::Open;
                 conn.upgraded = true;
                 conn.route = route;
-                conn.last_ping = now;
+                conn.deadline = now.saturating_add(self.limits.ping_interval);
                 conn.expires =
                     now.saturating_add(lifetime::spread(self.limits.max_age, self.rng.next_u64()));
                 if self.deployment.project_id.is_some() {

@@ -358,7 +358,10 @@ enum State {
         fin: bool,
         key: [u8; 4],
         remaining: u64,
-        offset: u64,
+        /// Where in the masking key the next payload byte falls: the
+        /// payload offset modulo 4, all that unmasking needs of it. A byte,
+        /// so that the decoder of every idle connection is 8 bytes smaller.
+        offset: u8,
     },
 }
 
@@ -472,7 +475,7 @@ impl Decoder {
                     let n = remaining.min(available as u64) as usize;
                     let chunk = &mut input[*pos..*pos + n];
                     *pos += n;
-                    apply_mask(chunk, key, offset as usize);
+                    apply_mask(chunk, key, usize::from(offset));
                     let remaining = remaining - n as u64;
                     if opcode.is_control() {
                         self.partial.extend_from_slice(chunk);
@@ -486,7 +489,7 @@ impl Decoder {
                         self.message.extend_from_slice(chunk);
                     }
                     if remaining > 0 {
-                        let offset = offset + n as u64;
+                        let offset = ((usize::from(offset) + n) & 3) as u8;
                         self.state = State::Payload {
                             opcode,
                             fin,
@@ -577,9 +580,7 @@ impl Decoder {
                     let range = *pos..*pos + len as usize;
                     *pos = range.end;
                     apply_mask(&mut input[range.clone()], key, 0);
-                    if kind == MessageKind::Text
-                        && std::str::from_utf8(&input[range.clone()]).is_err()
-                    {
+                    if kind == MessageKind::Text && !crate::utf8::is_valid(&input[range.clone()]) {
                         return Err(self.fail(FrameError::InvalidUtf8, State::Header));
                     }
                     return Ok(Some(Event::Message {

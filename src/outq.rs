@@ -36,6 +36,9 @@ const KEEP_SEGMENTS: usize = 8;
 /// bounds what a slow consumer's close must wait behind.
 const OWNED_SEGMENT_CAP: usize = 64 * 1024;
 
+/// An owned buffer up to this capacity outlives the bytes written from it.
+const KEEP_OWNED: usize = 4096;
+
 /// The most buffers one `writev` is given.
 const MAX_IOVECS: usize = 64;
 
@@ -47,6 +50,11 @@ pub struct OutQueue {
     front_written: usize,
     /// Bytes queued and not yet written.
     len: usize,
+    /// Set when bytes are queued; cleared by [`OutQueue::release_excess`].
+    used: bool,
+    /// Times the queue was written empty since it was last found idle by
+    /// [`OutQueue::release_excess`], saturating.
+    emptied: u8,
 }
 
 impl OutQueue {
@@ -69,6 +77,7 @@ impl OutQueue {
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         self.owned_tail().extend_from_slice(bytes);
         self.len += bytes.len();
+        self.used = true;
     }
 
     /// Lets `write` append straight into the queue's owned tail, then
@@ -79,6 +88,7 @@ impl OutQueue {
         write(tail);
         let added = tail.len() - before;
         self.len += added;
+        self.used = true;
     }
 
     /// Queues a shared frame without copying it.
@@ -87,6 +97,7 @@ impl OutQueue {
             return;
         }
         self.len += frame.len();
+        self.used = true;
         self.segments.push_back(Segment::Shared(Rc::clone(frame)));
     }
 
@@ -110,6 +121,19 @@ impl OutQueue {
     /// Any write error other than `WouldBlock` and `Interrupted`.
     pub fn flush_to(&mut self, out: &mut impl Write) -> io::Result<bool> {
         while !self.is_empty() {
+            if self.segments.len() == 1 {
+                // One run of bytes, the usual case for a reply or a
+                // broadcast frame: no buffer list to build.
+                let seg = self.segments.front().expect("the queue is not empty");
+                match out.write(&seg.bytes()[self.front_written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.consume(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             for (i, seg) in self.segments.iter().take(MAX_IOVECS).enumerate() {
@@ -128,11 +152,17 @@ impl OutQueue {
         Ok(true)
     }
 
-    /// Frees the segment list of an empty queue that grew in a burst. A
-    /// small list is kept, so that queueing a broadcast frame on a member
-    /// allocates nothing in the steady state.
+    /// Frees the segment list of an empty queue that grew in a burst, or
+    /// that nothing was queued on since the last call. Called periodically:
+    /// a busy connection keeps a small list, so that queueing a broadcast
+    /// frame on it allocates nothing in the steady state, while an idle one
+    /// holds no heap memory for its queue at all.
     pub fn release_excess(&mut self) {
-        if self.is_empty() && self.segments.capacity() > KEEP_SEGMENTS {
+        let idle = !std::mem::take(&mut self.used);
+        if idle {
+            self.emptied = 0;
+        }
+        if self.is_empty() && (idle || self.segments.capacity() > KEEP_SEGMENTS) {
             self.segments = VecDeque::new();
         }
     }
@@ -148,7 +178,27 @@ impl OutQueue {
             }
             n -= left;
             self.front_written = 0;
-            self.segments.pop_front();
+            let last = self.segments.len() == 1;
+            match self.segments.front_mut() {
+                // The last owned buffer, if small, is kept for the next
+                // replies of a busy connection: an echo would otherwise
+                // allocate and free one per write. Not on the first write
+                // after an idle period, so that a connection that says one
+                // thing (the handshake, say) and falls silent keeps nothing:
+                // freed at once, its buffer is the next connection's, where
+                // one held until the timer would scatter the heap.
+                Some(Segment::Owned(v))
+                    if last && v.capacity() <= KEEP_OWNED && self.emptied > 0 =>
+                {
+                    v.clear();
+                }
+                _ => {
+                    self.segments.pop_front();
+                }
+            }
+            if last {
+                self.emptied = self.emptied.saturating_add(1);
+            }
         }
     }
 
@@ -280,6 +330,23 @@ mod tests {
             "kept {kept} of {}",
             kept + dropped
         );
+    }
+
+    #[test]
+    fn an_idle_queue_lets_go_of_its_segment_list() {
+        let mut q = OutQueue::new();
+        let shared: Rc<[u8]> = Rc::from(&b"frame"[..]);
+        q.push_shared(&shared);
+        let mut w = Trickle {
+            got: Vec::new(),
+            limit: usize::MAX,
+            budget: usize::MAX,
+        };
+        assert!(q.flush_to(&mut w).unwrap());
+        q.release_excess();
+        assert!(q.segments.capacity() > 0, "used since the last call: kept");
+        q.release_excess();
+        assert_eq!(q.segments.capacity(), 0, "idle for a whole period: freed");
     }
 
     #[test]
