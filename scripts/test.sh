@@ -16,11 +16,13 @@
 #      Dockerfile ships
 #   5. scripts/empty_root.py: that binary is static and serves a chat
 #      session from an empty root directory, as in a FROM scratch image
-#   6. the browser client's tests against that binary: unit (node --test),
+#   6. every fuzz target for FUZZ_SECONDS (default 20) each (scripts/fuzz.sh;
+#      installs cargo-fuzz and a C++ compiler if missing)
+#   7. the browser client's tests against that binary: unit (node --test),
 #      typings (tsc), Node.js, and the chat page in headless Chromium
-#   7. a soak test (scripts/soak.py): two rounds of 10 s of 5,000 mixed
+#   8. a soak test (scripts/soak.py): two rounds of 10 s of 5,000 mixed
 #      clients against that binary
-#   8. the Autobahn conformance cases 1-10 against that binary
+#   9. the Autobahn conformance cases 1-10 against that binary
 #
 # Setup steps are `ensure_*` functions (ensure_python_venv,
 # ensure_redis_server, ...) called from main.
@@ -176,6 +178,21 @@ ensure_npm_packages() {
     (cd "$WEB_DIR" && npm ci --no-audit --no-fund)
 }
 
+# cargo-fuzz, and the C++ compiler it builds libFuzzer with. Fuzzing
+# needs nightly features; scripts/fuzz.sh uses nightly when rustup has
+# it, else stable with RUSTC_BOOTSTRAP=1, so no toolchain is installed.
+ensure_fuzz_tools() {
+    section "fuzz tools (cargo-fuzz, C++ compiler)"
+    if ! command -v c++ >/dev/null 2>&1; then
+        apt_install g++
+    fi
+    if cargo fuzz --version >/dev/null 2>&1; then
+        cargo fuzz --version
+    else
+        cargo install cargo-fuzz --locked
+    fi
+}
+
 # ---------------------------------------------------------------- checks
 
 # The client's tests against the binary at $1 (an absolute path).
@@ -235,6 +252,7 @@ main() {
 
     section "cargo fmt --check"
     cargo fmt --all -- --check
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
     section "cargo clippy"
     cargo clippy --workspace --all-targets -- -D warnings
@@ -247,6 +265,10 @@ main() {
 
     section "empty root ($binary)"
     "$VENV_DIR/bin/python" scripts/empty_root.py --binary "$binary"
+
+    ensure_fuzz_tools
+    section "fuzz (every target, ${FUZZ_SECONDS:-20}s each)"
+    "$REPO_ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-20}"
 
     run_client_tests "$REPO_ROOT/$binary"
 

@@ -249,11 +249,19 @@ impl Chat {
 
     /// Handles one complete message from `who`.
     pub fn on_message(&mut self, out: &mut impl Outbox, who: Key, payload: &[u8]) {
+        // RFC 8259 8.1: JSON text is UTF-8. Text frames were checked by the
+        // decoder, binary frames were not, and serde_json checks only the
+        // strings it keeps: invalid bytes in a field the protocol ignores
+        // would pass. So the whole payload is checked here, once, and
+        // parsed as a str, which serde_json does not check again.
+        let Ok(payload) = std::str::from_utf8(payload) else {
+            return self.reply_error(out, who, "Invalid JSON");
+        };
         // An object, as every protocol message is, is parsed once, straight
         // into the fields the protocol reads; other JSON, and anything that
         // fails, takes the second look that decides how to answer it.
-        if payload.trim_ascii_start().starts_with(b"{") {
-            if let Ok(fields) = serde_json::from_slice::<Incoming<'_>>(payload) {
+        if payload.trim_ascii_start().starts_with('{') {
+            if let Ok(fields) = serde_json::from_str::<Incoming<'_>>(payload) {
                 let kind = fields
                     .kind
                     .and_then(|k| serde_json::from_str::<Cow<'_, str>>(k.get()).ok());
@@ -265,7 +273,7 @@ impl Chat {
                 };
             }
         }
-        match serde_json::from_slice::<&RawValue>(payload) {
+        match serde_json::from_str::<&RawValue>(payload) {
             Err(_) => self.reply_error(out, who, "Invalid JSON"),
             // Valid JSON that serde refuses as an object of these fields:
             // in practice a duplicated key.
@@ -367,6 +375,12 @@ impl Chat {
             None => return self.reply_error(out, who, "text is required"),
             Some(t) if !t.get().starts_with('"') => {
                 return self.reply_error(out, who, "text must be a string");
+            }
+            // RFC 8259 8.2: a lone surrogate escape (`"\ud800"`) is JSON by
+            // the grammar but not Unicode, and strict parsers refuse it;
+            // forwarded as written it would break every member's client.
+            Some(t) if t.get().contains("\\u") && !is_unicode_string(t) => {
+                return self.reply_error(out, who, "text must be valid Unicode");
             }
             Some(t) => t,
         };
@@ -567,8 +581,8 @@ impl Chat {
     }
 
     /// Echoes a payload already known to be valid JSON.
-    fn echo_payload(&mut self, out: &mut impl Outbox, who: Key, payload: &[u8]) {
-        match serde_json::from_slice::<&RawValue>(payload) {
+    fn echo_payload(&mut self, out: &mut impl Outbox, who: Key, payload: &str) {
+        match serde_json::from_str::<&RawValue>(payload) {
             Ok(raw) => self.echo(out, who, raw),
             Err(_) => self.reply_error(out, who, "Invalid JSON"),
         }
@@ -585,6 +599,11 @@ impl Chat {
     fn reply_error(&mut self, out: &mut impl Outbox, who: Key, message: &str) {
         out.send(who, encode(&mut self.scratch, &Outgoing::Error { message }));
     }
+}
+
+/// Whether a raw JSON string decodes to Unicode: no lone surrogate escape.
+fn is_unicode_string(raw: &RawValue) -> bool {
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).is_ok()
 }
 
 /// Serialises `msg` and frames it as one text frame, in `scratch`. The
@@ -744,6 +763,26 @@ mod tests {
         chat.on_message(&mut t, a, br#"{"type":"join","roomId":"\ud800"}"#);
         let reply = take(&mut t, a).remove(0);
         assert_eq!(reply["message"], "roomId must be valid Unicode");
+        // Found by the chat fuzz target: a lone surrogate in a message's
+        // text was forwarded as written, and strict JSON parsers (serde_json
+        // among them) refuse what every member of the room then received.
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        take(&mut t, a);
+        for text in [r#""\ud800""#, r#""a\uDFFFb""#, r#""\ud83d\u0041""#] {
+            let msg = format!(r#"{{"type":"message","text":{text}}}"#);
+            chat.on_message(&mut t, a, msg.as_bytes());
+            let reply = take(&mut t, a).remove(0);
+            assert_eq!(reply["message"], "text must be valid Unicode", "{text}");
+        }
+        // A surrogate pair, and a backslash before a `u`, are fine.
+        chat.on_message(
+            &mut t,
+            a,
+            br#"{"type":"message","text":"\ud83d\ude00 \\u"}"#,
+        );
+        assert_eq!(take(&mut t, a)[0]["text"], "\u{1F600} \\u");
+        send(&mut chat, &mut t, a, json!({"type": "leave"}));
+        take(&mut t, a);
         send(
             &mut chat,
             &mut t,
@@ -787,6 +826,10 @@ mod tests {
             &b"{\"x\":\"\xff\"}"[..],
             b"{\"type\":\"message\",\"text\":\"\xff\"}",
             b"\"\xff\"",
+            // Found by the chat fuzz target: bad bytes in a field the
+            // protocol ignores went unchecked, and the command was obeyed.
+            b"{\"x\":\"\xff\",\"type\":\"leave\"}",
+            b"{\"type\":\"join\",\"roomId\":\"r\",\"pad\":[\"\xc0\xaf\"]}",
         ] {
             chat.on_message(&mut t, a, raw);
             assert_eq!(

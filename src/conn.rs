@@ -832,12 +832,12 @@ impl<S: Transport> Engine<S> {
                         ),
                         other => other,
                     };
-                    Some((decision, used))
+                    Some((decision, used, req.method == "HEAD"))
                 }
-                Err(e) => Some((Decision::Refuse(e), 0)),
+                Err(e) => Some((Decision::Refuse(e), 0, false)),
             }
         };
-        let Some((decision, used)) = decision else {
+        let Some((decision, used, head_only)) = decision else {
             if !from_head {
                 conn.head
                     .get_or_insert_with(Box::default)
@@ -867,7 +867,11 @@ impl<S: Transport> Engine<S> {
                 if let Some(peer) = self.table.peers.get_mut(key) {
                     peer.conn.out.push_with(|v| {
                         let kind = "text/plain; version=0.0.4; charset=utf-8";
-                        http::write_response(v, 200, kind, &[], body.as_bytes())
+                        let at = v.len();
+                        http::write_response(v, 200, kind, &[], body.as_bytes());
+                        if head_only {
+                            http::strip_body(v, at);
+                        }
                     });
                 }
                 self.linger(key, now);
@@ -883,7 +887,13 @@ impl<S: Transport> Engine<S> {
                         ("reason", err.reason().into()),
                     ],
                 );
-                conn.out.push_with(|v| http::write_error(v, err));
+                conn.out.push_with(|v| {
+                    let at = v.len();
+                    http::write_error(v, err);
+                    if head_only {
+                        http::strip_body(v, at);
+                    }
+                });
                 self.linger(key, now);
             }
             Decision::Respond {
@@ -892,7 +902,11 @@ impl<S: Transport> Engine<S> {
                 body,
             } => {
                 conn.out.push_with(|v| {
-                    http::write_response(v, status, content_type, &[], body.as_bytes())
+                    let at = v.len();
+                    http::write_response(v, status, content_type, &[], body.as_bytes());
+                    if head_only {
+                        http::strip_body(v, at);
+                    }
                 });
                 self.linger(key, now);
             }
@@ -1578,6 +1592,31 @@ mod tests {
             );
             assert!(peer.socket.shut);
             assert_eq!(peer.conn.phase(), Phase::Lingering);
+        }
+    }
+
+    #[test]
+    fn a_head_request_gets_no_body() {
+        // Found by the handshake fuzz target: a 405 to HEAD carried its
+        // body, which RFC 9110 9.3.2 forbids.
+        let mut engine = Engine::new(limits(), "rev");
+        for (request, status) in [
+            ("HEAD /cs-Vehat HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+            ("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+        ] {
+            let key = engine.accept(
+                Wire {
+                    room: usize::MAX,
+                    ..Wire::default()
+                },
+                0,
+            );
+            engine.on_input(key, &mut request.as_bytes().to_vec(), 0);
+            engine.flush(0);
+            let text = String::from_utf8_lossy(&engine.peer(key).unwrap().socket.written);
+            assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+            assert!(text.contains("\r\nContent-Length: "), "{text}");
+            assert!(text.ends_with("\r\n\r\n"), "a body after HEAD: {text}");
         }
     }
 

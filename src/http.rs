@@ -442,6 +442,15 @@ pub fn write_response(
     out.extend_from_slice(body);
 }
 
+/// Cuts the body off the response written at `out[start..]`, keeping its
+/// head and `Content-Length`: the answer to a HEAD request (RFC 9110 9.3.2:
+/// the server MUST NOT send content in the response to HEAD).
+pub fn strip_body(out: &mut Vec<u8>, start: usize) {
+    if let Some(end) = out[start..].windows(4).position(|w| w == b"\r\n\r\n") {
+        out.truncate(start + end + 4);
+    }
+}
+
 /// The response to a refused request: the status and a one-line body.
 pub fn write_error(out: &mut Vec<u8>, err: HttpError) {
     let extra: &[(&str, &str)] = match err {
