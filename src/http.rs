@@ -93,7 +93,7 @@ impl HttpError {
             HttpError::VersionNotSupported => "only HTTP/1.x is supported",
             HttpError::UpgradeWithBody => "an upgrade request must not have a body",
             HttpError::HeadTooLarge => "request header fields too large",
-            HttpError::MethodNotAllowed => "only GET is allowed",
+            HttpError::MethodNotAllowed => "only GET and HEAD are allowed",
             HttpError::NotFound => "not found",
             HttpError::UpgradeNeedsHttp11 => "websocket upgrade needs HTTP/1.1",
             HttpError::NotWebSocketUpgrade => "Upgrade header must be websocket",
@@ -456,7 +456,7 @@ pub fn write_error(out: &mut Vec<u8>, err: HttpError) {
     let extra: &[(&str, &str)] = match err {
         // RFC 6455 4.4: say which versions we speak.
         HttpError::UnsupportedVersion => &[("Sec-WebSocket-Version", "13")],
-        HttpError::MethodNotAllowed => &[("Allow", "GET")],
+        HttpError::MethodNotAllowed => &[("Allow", "GET, HEAD")],
         _ => &[],
     };
     let body = format!("{}\n", err.reason());

@@ -22,8 +22,8 @@ fn probes_answer_while_serving() {
         (200, json!({"status": "alive"}))
     );
     assert_eq!(probe(&server, "/readyz"), (200, json!({"status": "ready"})));
-    let ex = http_exchange(server.addr, b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(ex.resp.status, 405, "only GET is served");
+    let ex = http_exchange(server.addr, b"POST /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(ex.resp.status, 405, "only GET and HEAD are served");
 }
 
 #[test]

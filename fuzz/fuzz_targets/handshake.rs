@@ -124,8 +124,8 @@ fn owed_status(parsed: &Outcome, req: &Request<'_>) -> &'static [u16] {
             };
         }
         return match (req.method, req.path) {
-            ("GET", "/" | "/healthz" | "/readyz" | "/metrics") => &[200],
-            ("GET", _) => &[404],
+            ("GET" | "HEAD", "/" | "/healthz" | "/readyz" | "/metrics") => &[200],
+            ("GET" | "HEAD", _) => &[404],
             _ => &[405],
         };
     }
