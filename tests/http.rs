@@ -136,6 +136,36 @@ fn host_port_and_instance_come_from_the_environment() {
 }
 
 #[test]
+fn empty_environment_variables_count_as_unset() {
+    let mut builder = ServerBuilder::new();
+    for name in [
+        "AUTH_SECRET",
+        "ALLOWED_ORIGINS",
+        "REQUIRE_ORIGIN",
+        "REDIS_URL",
+        "PRESENCE_EXPIRY",
+        "TRUST_PROXY",
+        "K_SERVICE",
+        "K_REVISION",
+        "GOOGLE_CLOUD_PROJECT",
+        "LOG_LEVEL",
+        "MAX_CONNECTIONS",
+        "MAX_ROOMS",
+        "PING_INTERVAL",
+    ] {
+        builder = builder.env(name, "");
+    }
+    let server = builder.spawn();
+    let health = server.health();
+    assert_eq!(health["instance"], "local", "{health}");
+    assert_eq!(health["service"], Value::Null, "{health}");
+    assert!(health.get("backplane").is_none(), "no Redis: {health}");
+    // No token required, any origin allowed.
+    let ws = try_upgrade(server.addr, "/", &[("Origin", "https://any.example")]);
+    assert!(ws.is_ok(), "{:?}", ws.err());
+}
+
+#[test]
 fn flags_override_the_environment() {
     let server = ServerBuilder::new()
         .env("K_REVISION", "from-env")
