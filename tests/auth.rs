@@ -283,6 +283,14 @@ fn a_second_origin_or_token_is_refused_not_ignored() {
         assert_eq!(resp.status, 400, "{field}");
         assert_eq!(resp.body_text(), format!("more than one {field} header\n"));
     }
+    // The query's token, twice: neither is taken.
+    let t = token(json!({"exp": unix_now() + 600}));
+    assert!(try_upgrade(server.addr, &format!("/?token={t}"), &[origin]).is_ok());
+    let twice = format!("/?token={t}&token=forged");
+    assert_401(
+        try_upgrade(server.addr, &twice, &[origin]),
+        "more than one token query parameter",
+    );
 }
 
 #[test]
