@@ -61,6 +61,12 @@ def handshake():
     write("handshake", "probe", b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
     write("handshake", "metrics", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     write("handshake", "tls", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    write("handshake", "two-origins", UPGRADE.replace(
+        b"Host:", b"Origin: https://a.example\r\norigin: https://b.example\r\nHost:"))
+    write("handshake", "plain-lengths", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+          b"Content-Length: 0\r\nContent-Length: 0, 00\r\n\r\n")
+    write("handshake", "plain-chunked", b"GET / HTTP/1.1\r\nHost: x\r\n"
+          b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
 
 
 def frames():

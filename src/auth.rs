@@ -45,6 +45,9 @@ pub enum AuthError {
     Expired,
     /// `nbf` is still ahead, beyond the leeway.
     NotYetValid,
+    /// More than one `token` query parameter: which one a proxy in front
+    /// checked is unknown, so neither is taken.
+    RepeatedToken,
 }
 
 impl AuthError {
@@ -58,6 +61,7 @@ impl AuthError {
             AuthError::NoExpiry => "malformed token: exp is required",
             AuthError::Expired => "token expired",
             AuthError::NotYetValid => "token not yet valid",
+            AuthError::RepeatedToken => "more than one token query parameter",
         }
     }
 }
@@ -162,7 +166,7 @@ impl Verifier {
         request: &Request<'_>,
         now_secs: u64,
     ) -> Result<Identity, AuthError> {
-        let token = token_in(request).ok_or(AuthError::Missing)?;
+        let token = token_in(request)?.ok_or(AuthError::Missing)?;
         self.verify(token, now_secs)
     }
 
@@ -233,7 +237,21 @@ fn signature_len(token: &[u8]) -> usize {
 /// else the `token` query parameter (browsers cannot set headers on a
 /// WebSocket). Tokens are base64url and dots, which a query never needs to
 /// percent-encode, so the parameter is taken as it is.
-pub fn token_in<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
+///
+/// # Errors
+///
+/// [`AuthError::RepeatedToken`] when the query names `token` twice,
+/// whether or not the header carries one.
+pub fn token_in<'a>(request: &Request<'a>) -> Result<Option<&'a [u8]>, AuthError> {
+    let mut in_query = request
+        .query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("token="));
+    let from_query = in_query.next();
+    if in_query.next().is_some() {
+        return Err(AuthError::RepeatedToken);
+    }
     let bearer = request.header("authorization").and_then(|v| {
         let v = v.trim_ascii();
         let (scheme, rest) = v.split_at(v.iter().position(|&b| b == b' ')?);
@@ -242,14 +260,9 @@ pub fn token_in<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
             .eq_ignore_ascii_case(b"bearer")
             .then(|| rest.trim_ascii())
     });
-    bearer.filter(|t| !t.is_empty()).or_else(|| {
-        request
-            .query?
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("token="))
-            .filter(|t| !t.is_empty())
-            .map(str::as_bytes)
-    })
+    Ok(bearer
+        .filter(|t| !t.is_empty())
+        .or_else(|| from_query.filter(|t| !t.is_empty()).map(str::as_bytes)))
 }
 
 #[cfg(test)]
@@ -367,12 +380,28 @@ mod tests {
     fn token_from_header_or_query() {
         let req = |s: &'static str| parse_request(s.as_bytes()).unwrap().unwrap().0;
         let r = req("GET /?a=1&token=abc HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(token_in(&r), Some(&b"abc"[..]));
+        assert_eq!(token_in(&r), Ok(Some(&b"abc"[..])));
         let r = req("GET /?token=q HTTP/1.1\r\nHost: x\r\nAuthorization: bearer  h \r\n\r\n");
-        assert_eq!(token_in(&r), Some(&b"h"[..]));
+        assert_eq!(token_in(&r), Ok(Some(&b"h"[..])));
         let r = req("GET /?tokens=q HTTP/1.1\r\nHost: x\r\nAuthorization: Basic h\r\n\r\n");
-        assert_eq!(token_in(&r), None);
+        assert_eq!(token_in(&r), Ok(None));
         let r = req("GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer\r\n\r\n");
-        assert_eq!(token_in(&r), None);
+        assert_eq!(token_in(&r), Ok(None));
+    }
+
+    #[test]
+    fn a_repeated_token_parameter_is_refused() {
+        let req = |s: &'static str| parse_request(s.as_bytes()).unwrap().unwrap().0;
+        for raw in [
+            "GET /?token=a&token=b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /?token=a&x=1&token=a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /?token=&token=b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /?token=a&token=b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer h\r\n\r\n",
+        ] {
+            assert_eq!(token_in(&req(raw)), Err(AuthError::RepeatedToken), "{raw}");
+        }
+        let v = Verifier::new(b"k");
+        let r = req("GET /?token=a&token=b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(v.check_request(&r, 0), Err(AuthError::RepeatedToken));
     }
 }

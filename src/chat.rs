@@ -207,6 +207,9 @@ impl Chat {
     /// Sets the room limits; joins already made stand.
     pub fn set_limits(&mut self, limits: RoomLimits) {
         self.limits = limits;
+        // Every instance of a deployment runs with the same limits, so no
+        // other one truthfully holds more members in a room either.
+        self.remote.set_ceiling(limits.max_members);
     }
 
     /// Members reached per `message` broadcast.
@@ -964,6 +967,39 @@ mod tests {
         );
         send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
         assert_eq!(take(&mut t, a)[0]["userCount"], 10);
+    }
+
+    #[test]
+    fn another_instances_count_is_held_to_the_room_limit() {
+        use crate::backplane::wire::kind;
+        let mut chat = Chat::new("x");
+        chat.set_limits(RoomLimits {
+            max_rooms: 10,
+            max_members: 5,
+        });
+        let mut t = Table::default();
+        let a = connect(&mut chat, &mut t);
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        take(&mut t, a);
+        let c1 = "client-1-000000001";
+        let joined = format!("{} {c1}", u32::MAX);
+        chat.on_remote(
+            &mut t,
+            room_event("r", envelope(kind::JOINED, "n2", &joined)),
+        );
+        assert_eq!(
+            take(&mut t, a),
+            vec![json!({"type":"user_joined","clientId":c1,"roomId":"r","userCount":6})]
+        );
+        let sync = format!(r#"[["r",{}]]"#, u32::MAX);
+        chat.on_remote(
+            &mut t,
+            Event::Nodes {
+                payload: envelope(kind::SYNC, "n3", &sync),
+            },
+        );
+        send(&mut chat, &mut t, a, json!({"type": "join", "roomId": "r"}));
+        assert_eq!(take(&mut t, a)[0]["userCount"], 11);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use std::ffi::OsString;
+
 use clap::builder::BoolishValueParser;
-use clap::Parser;
+use clap::{Command, CommandFactory, FromArgMatches, Parser};
 
 use crate::auth::Verifier;
 use crate::backplane::Settings;
@@ -156,6 +158,33 @@ pub struct Config {
 }
 
 impl Config {
+    /// The flags in `std::env::args` and the environment; on an error or
+    /// `--help`, prints clap's message and exits. See [`Config::try_load_from`].
+    pub fn load() -> Config {
+        Config::try_load_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// The flags in `args` (the program's name first) and the environment.
+    /// An environment variable set to the empty string counts as unset, so
+    /// the default applies: deployment tools often write `NAME=` for a
+    /// setting they leave out, and an empty `AUTH_SECRET`, `REDIS_URL` or
+    /// `ALLOWED_ORIGINS` would otherwise stop the start, and an empty
+    /// number or duration fail to parse. An empty value given as a flag
+    /// is still taken as written (and `--auth-secret ""` refused).
+    ///
+    /// # Errors
+    ///
+    /// clap's error for a flag or variable that does not parse.
+    pub fn try_load_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut cmd = command_without_empty_env();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        Config::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+    }
+
     /// The backplane's settings, when a Redis URL is configured.
     pub fn backplane(&self) -> Option<Settings> {
         Some(Settings {
@@ -216,6 +245,25 @@ impl Config {
     }
 }
 
+/// The command line parser, with the environment variables that are set
+/// but empty no longer read.
+fn command_without_empty_env() -> Command {
+    let mut cmd = Config::command();
+    let empty: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| {
+            a.get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|v| v.is_empty())
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in empty {
+        cmd = cmd.mut_arg(id, |a| a.env(None::<&'static str>));
+    }
+    cmd
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -256,4 +304,51 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 fn level(s: &str) -> Result<Level, String> {
     Level::parse(s).ok_or_else(|| "expected debug, info, warning or error".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every environment variable a flag reads.
+    fn variables() -> Vec<OsString> {
+        Config::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(ToOwned::to_owned))
+            .collect()
+    }
+
+    // The only test here that touches the environment: tests of one
+    // binary may run as threads of one process.
+    #[test]
+    fn an_empty_environment_variable_is_unset() {
+        let names = variables();
+        for name in &names {
+            std::env::remove_var(name);
+        }
+        let defaults = Config::try_load_from(["roomcast"]).expect("defaults parse");
+        for name in &names {
+            std::env::set_var(name, "");
+        }
+        let all_empty = Config::try_load_from(["roomcast"]);
+        // Set variables are still read, flags still win, and an empty flag
+        // is still refused.
+        std::env::set_var("PORT", "1234");
+        std::env::set_var("MAX_ROOMS", "7");
+        let some_set = Config::try_load_from(["roomcast", "--max-rooms", "9"]);
+        let empty_flag = Config::try_load_from(["roomcast", "--auth-secret", ""]);
+        for name in &names {
+            std::env::remove_var(name);
+        }
+
+        let all_empty = all_empty.expect("empty variables count as unset");
+        assert_eq!(format!("{all_empty:?}"), format!("{defaults:?}"));
+        assert_eq!(all_empty.auth_secret, None);
+        assert_eq!(all_empty.redis_url, None);
+        assert!(all_empty.allowed_origins.is_empty());
+        assert_eq!(all_empty.instance_id, "local");
+        let some_set = some_set.expect("parses");
+        assert_eq!((some_set.port, some_set.max_rooms), (1234, 9));
+        assert!(empty_flag.is_err());
+    }
 }

@@ -1292,6 +1292,9 @@ fn decide(req: &http::Request<'_>, site: &Site<'_>) -> Decision {
             Err(e) => Decision::Refuse(e),
         };
     }
+    if let Err(e) = http::check_plain_body(req) {
+        return Decision::Refuse(e);
+    }
     if let Some(reply) = assets::route(req) {
         return Decision::Asset(reply);
     }
@@ -1575,6 +1578,16 @@ mod tests {
             ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
             ("DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
             ("\x16\x03\x01", "400"),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "200"),
+            // RFC 9112 6.3: a body framed in a way the server does not
+            // read, or a length that is not one number, is refused on
+            // every plain route.
+            ("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+            ("GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", "400"),
+            ("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "400"),
+            ("HEAD /readyz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
+            ("GET /client.js HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", "400"),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nGET ", "400"),
         ] {
             let key = engine.accept(
                 Wire {

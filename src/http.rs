@@ -48,6 +48,17 @@ pub enum HttpError {
     VersionNotSupported,
     /// An upgrade request that announces a body.
     UpgradeWithBody,
+    /// A GET or HEAD request that announces a body.
+    UnexpectedBody,
+    /// A `Content-Length` that is not one decimal number, or several that
+    /// disagree (RFC 9112 6.3).
+    BadContentLength,
+    /// A plain request with `Transfer-Encoding`: no body is read, so none
+    /// may be framed.
+    TransferEncoding,
+    /// A field that the upgrade reads, and that may appear once, appears
+    /// more than once; the reason names it.
+    Repeated(&'static str),
     /// The head is longer than [`MAX_HEAD_BYTES`] or has more than
     /// [`MAX_HEADERS`] fields.
     HeadTooLarge,
@@ -92,6 +103,10 @@ impl HttpError {
             HttpError::BadHost => "exactly one Host header is required",
             HttpError::VersionNotSupported => "only HTTP/1.x is supported",
             HttpError::UpgradeWithBody => "an upgrade request must not have a body",
+            HttpError::UnexpectedBody => "a GET or HEAD request must not have a body",
+            HttpError::BadContentLength => "Content-Length must be one decimal number",
+            HttpError::TransferEncoding => "Transfer-Encoding is not accepted",
+            HttpError::Repeated(reason) => reason,
             HttpError::HeadTooLarge => "request header fields too large",
             HttpError::MethodNotAllowed => "only GET and HEAD are allowed",
             HttpError::NotFound => "not found",
@@ -334,6 +349,89 @@ fn parse_header_line(line: &[u8]) -> Result<(&str, &[u8]), HttpError> {
     Ok((name, value))
 }
 
+/// Fields the upgrade reads one value of, and the reason given when a
+/// request repeats one. Taking the first of two would let the client pick
+/// which one a check sees when a proxy in front checked the other: an
+/// origin, a token, or a version. `Host` and `Sec-WebSocket-Key` are
+/// refused in their own words ([`HttpError::BadHost`],
+/// [`HttpError::MissingKey`]).
+const SINGLE_FIELDS: [(&str, &str); 4] = [
+    ("origin", "more than one Origin header"),
+    ("authorization", "more than one Authorization header"),
+    (
+        "x-cloud-trace-context",
+        "more than one X-Cloud-Trace-Context header",
+    ),
+    (
+        "sec-websocket-version",
+        "more than one Sec-WebSocket-Version header",
+    ),
+];
+
+/// Checks how a plain (not upgrade) request frames a body (RFC 9112 6.3).
+/// No body is ever read: the answer is written and the connection closed.
+///
+/// # Errors
+///
+/// [`HttpError::TransferEncoding`] for any `Transfer-Encoding`,
+/// [`HttpError::BadContentLength`] for a length that is not a number or
+/// lengths that disagree, and [`HttpError::UnexpectedBody`] for a GET or
+/// HEAD that announces content. RFC 9110 9.3.1 gives content in a GET no
+/// meaning and notes that servers may refuse it as a smuggling attempt;
+/// refusing it (rather than answering and discarding the body) keeps one
+/// rule for every request here, upgrades included: a request has no body.
+/// Other methods are left to routing, which answers them 405.
+pub fn check_plain_body(req: &Request<'_>) -> Result<(), HttpError> {
+    if req.header("transfer-encoding").is_some() {
+        return Err(HttpError::TransferEncoding);
+    }
+    let length = content_length(req)?;
+    if length.unwrap_or(0) > 0 && matches!(req.method, "GET" | "HEAD") {
+        return Err(HttpError::UnexpectedBody);
+    }
+    Ok(())
+}
+
+/// The request's `Content-Length`, if it has one. RFC 9112 6.3 item 5: the
+/// value is a decimal number; repeated fields, or a comma-separated list,
+/// are accepted only when every value is the same number.
+///
+/// # Errors
+///
+/// [`HttpError::BadContentLength`] for an empty value, a character other
+/// than a digit, a number over `u64`, or two different numbers.
+pub fn content_length(req: &Request<'_>) -> Result<Option<u64>, HttpError> {
+    let mut length = None;
+    let values = req
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','));
+    for value in values {
+        let value = trim_ows(value);
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            return Err(HttpError::BadContentLength);
+        }
+        let n = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(HttpError::BadContentLength)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(HttpError::BadContentLength);
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
+/// `value` without the optional whitespace (RFC 9110 5.6.3: spaces and
+/// tabs) around it.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
 /// A WebSocket upgrade that passed every check of RFC 6455 4.2.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upgrade {
@@ -346,7 +444,8 @@ pub struct Upgrade {
 /// # Errors
 ///
 /// The first requirement the request fails; 426 for a version other than
-/// 13, 405 for a method other than GET, 400 for the rest.
+/// 13, 405 for a method other than GET, 400 for the rest, a field of
+/// [`SINGLE_FIELDS`] sent twice among them.
 pub fn check_upgrade(req: &Request<'_>) -> Result<Upgrade, HttpError> {
     if req.method != "GET" {
         return Err(HttpError::MethodNotAllowed);
@@ -368,6 +467,12 @@ pub fn check_upgrade(req: &Request<'_>) -> Result<Upgrade, HttpError> {
     });
     if announces_body {
         return Err(HttpError::UpgradeWithBody);
+    }
+    for (name, reason) in SINGLE_FIELDS {
+        let mut fields = req.headers().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        if fields.nth(1).is_some() {
+            return Err(HttpError::Repeated(reason));
+        }
     }
     let mut keys = req
         .headers()
@@ -665,6 +770,125 @@ mod tests {
         }
         let zero = GOOD.replacen("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n", 1);
         assert!(upgrade_of(&zero).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_single_field_is_refused_with_its_name() {
+        for (field, value) in [
+            ("Origin", "https://a.example"),
+            ("Authorization", "Bearer x.y.z"),
+            (
+                "X-Cloud-Trace-Context",
+                "105445aa7843bc8bf206b12000100000/1;o=1",
+            ),
+            ("Sec-WebSocket-Version", "13"),
+        ] {
+            let base = GOOD.replacen("Sec-WebSocket-Version: 13\r\n", "", 1);
+            let add =
+                |raw: &str, line: &str| raw.replacen("\r\n\r\n", &format!("\r\n{line}\r\n\r\n"), 1);
+            let mut once = add(&base, &format!("{field}: {value}"));
+            if field != "Sec-WebSocket-Version" {
+                once = add(&once, "Sec-WebSocket-Version: 13");
+            }
+            assert!(upgrade_of(&once).is_ok(), "{field} once");
+            // The same value again, or another in another case: either
+            // way it is the same field twice.
+            let same = add(&once, &format!("{field}: {value}"));
+            assert_eq!(
+                upgrade_of(&same).map_err(HttpError::reason),
+                upgrade_of(&add(
+                    &once,
+                    &format!("{}: {value}x", field.to_ascii_lowercase())
+                ))
+                .map_err(HttpError::reason),
+                "{field}"
+            );
+            let twice = same;
+            let err = upgrade_of(&twice).unwrap_err();
+            assert_eq!(err.status(), 400, "{field}");
+            assert!(err.reason().contains(field), "{field}: {}", err.reason());
+        }
+    }
+
+    fn plain(extra: &str) -> Result<(), HttpError> {
+        plain_with("GET", extra)
+    }
+
+    fn plain_with(method: &str, extra: &str) -> Result<(), HttpError> {
+        let raw = format!("{method} /metrics HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let (req, _) = parse_request(raw.as_bytes()).unwrap().unwrap();
+        check_plain_body(&req)
+    }
+
+    #[test]
+    fn plain_requests_frame_no_body() {
+        assert_eq!(plain(""), Ok(()));
+        assert_eq!(plain("Content-Length: 0\r\n"), Ok(()));
+        assert_eq!(plain("Content-Length: 0\r\ncontent-length: 0\r\n"), Ok(()));
+        assert_eq!(plain("Content-Length: 0, 0\r\n"), Ok(()));
+        for bad in [
+            "Content-Length: abc\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: +5\r\n",
+            "Content-Length:\r\n",
+            "Content-Length: 0x10\r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+            "Content-Length: 0\r\nContent-Length: 5\r\n",
+            "Content-Length: 0, 5\r\n",
+            "Content-Length: 0,\r\n",
+        ] {
+            assert_eq!(plain(bad), Err(HttpError::BadContentLength), "{bad}");
+        }
+        for te in [
+            "Transfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: identity\r\n",
+            "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert_eq!(plain(te), Err(HttpError::TransferEncoding), "{te}");
+        }
+        assert_eq!(
+            plain("Content-Length: 5\r\n"),
+            Err(HttpError::UnexpectedBody)
+        );
+        assert_eq!(
+            plain_with("HEAD", "Content-Length: 5\r\n"),
+            Err(HttpError::UnexpectedBody)
+        );
+        // Another method with a body is left to routing, which answers 405.
+        assert_eq!(plain_with("POST", "Content-Length: 5\r\n"), Ok(()));
+        assert_eq!(
+            plain_with("POST", "Content-Length: x\r\n"),
+            Err(HttpError::BadContentLength)
+        );
+    }
+
+    #[test]
+    fn content_length_agrees_with_itself_or_is_refused() {
+        let length = |extra: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+            let (req, _) = parse_request(raw.as_bytes()).unwrap().unwrap();
+            content_length(&req)
+        };
+        assert_eq!(length(""), Ok(None));
+        assert_eq!(length("Content-Length: 007\r\n"), Ok(Some(7)));
+        assert_eq!(length("Content-Length: 7 ,\t7\r\n"), Ok(Some(7)));
+        // Only spaces and tabs surround a list element.
+        assert_eq!(
+            length("Content-Length: 7,\x0c7\r\n"),
+            Err(HttpError::BadContentLength)
+        );
+        assert_eq!(
+            length("Content-Length: 7\r\nContent-Length: 07\r\n"),
+            Ok(Some(7))
+        );
+        assert_eq!(
+            length("Content-Length: 18446744073709551615\r\n"),
+            Ok(Some(u64::MAX))
+        );
+        assert_eq!(
+            length("Content-Length: 18446744073709551616\r\n"),
+            Err(HttpError::BadContentLength)
+        );
     }
 
     #[test]

@@ -1,13 +1,11 @@
 //! The roomcast binary: parse flags, bind, serve until SIGTERM.
 
-use clap::Parser as _;
-
 use roomcast::config::Config;
 use roomcast::log;
 use roomcast::server::Server;
 
 fn main() {
-    let config = Config::parse();
+    let config = Config::load();
     log::set_level(config.log_level);
     // A panic is a bug; it is logged like everything else, as one JSON
     // line, whether or not the loop survives it.

@@ -253,6 +253,47 @@ fn origin_is_checked_before_the_token() {
 }
 
 #[test]
+fn a_second_origin_or_token_is_refused_not_ignored() {
+    let server = start(&[
+        "--auth-secret",
+        SECRET,
+        "--allowed-origins",
+        "https://a.example",
+    ]);
+    let good = bearer(&token(json!({"exp": unix_now() + 600})));
+    let origin = ("Origin", "https://a.example");
+    assert!(try_upgrade(server.addr, "/", &[origin, ("Authorization", &good)]).is_ok());
+    // A proxy that checks the last field and a server that took the first
+    // would each see an answer the other never checked.
+    for (extra, field) in [
+        (
+            [("Origin", "https://b.example"), ("Authorization", &good)],
+            "Origin",
+        ),
+        (
+            [("Authorization", &good), ("Authorization", "Bearer forged")],
+            "Authorization",
+        ),
+    ] {
+        let mut fields = vec![origin];
+        fields.extend_from_slice(&extra);
+        let resp = try_upgrade(server.addr, "/", &fields)
+            .err()
+            .unwrap_or_else(|| panic!("two {field} fields opened a WebSocket"));
+        assert_eq!(resp.status, 400, "{field}");
+        assert_eq!(resp.body_text(), format!("more than one {field} header\n"));
+    }
+    // The query's token, twice: neither is taken.
+    let t = token(json!({"exp": unix_now() + 600}));
+    assert!(try_upgrade(server.addr, &format!("/?token={t}"), &[origin]).is_ok());
+    let twice = format!("/?token={t}&token=forged");
+    assert_401(
+        try_upgrade(server.addr, &twice, &[origin]),
+        "more than one token query parameter",
+    );
+}
+
+#[test]
 fn an_empty_secret_is_refused_at_start() {
     let (status, _, stderr) = run_binary(&["--auth-secret", ""], STEP);
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");

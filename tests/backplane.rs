@@ -609,3 +609,81 @@ fn nonsense_from_redis_does_not_stop_the_backplane_for_good() {
     let mut a = Client::chat(&server);
     a.join("after");
 }
+
+/// Publishes `payload` on `channel` of the Redis at `url`, as anything with
+/// access to it can.
+fn publish(url: &str, channel: &str, payload: &[u8]) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query::<i64>(&mut conn)
+        .unwrap();
+}
+
+#[test]
+fn counts_from_redis_are_bounded() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let server = ServerBuilder::new()
+        .args(&[
+            "--redis-url",
+            &redis.url(),
+            "--instance-id",
+            "node0",
+            "--max-room-members",
+            "5",
+        ])
+        .spawn();
+    server.wait_health("backplane", json!("connected"), SPREAD);
+    let mut a = Client::chat(&server);
+    a.join("big");
+
+    // One instance cannot hold more than --max-room-members in a room.
+    let who = "client-1-000000001";
+    publish(
+        &redis.url(),
+        "roomcast:room:big",
+        format!("Jintruder\n4000000000 {who}").as_bytes(),
+    );
+    let notice = expect_next(&mut a, "user_joined");
+    assert_eq!(notice["clientId"], who);
+    assert_eq!(notice["userCount"], 1 + 5, "{notice}");
+    server.wait_log(SPREAD, |l| {
+        l["severity"] == "WARNING" && l["count"] == 4_000_000_000u64 && l["limit"] == 5
+    });
+
+    // A flood of rooms fills the table; news of one more pair is dropped,
+    // and the server goes on.
+    let rooms: Vec<Value> = (0..100_000).map(|i| json!([format!("f{i}"), 1])).collect();
+    let sync = format!("Sflood\n{}", Value::from(rooms));
+    publish(&redis.url(), "roomcast:nodes", sync.as_bytes());
+    server.wait_log(SPREAD, |l| {
+        l["severity"] == "WARNING" && l["entries"] == 100_000
+    });
+    let late = "client-1-000000002";
+    publish(
+        &redis.url(),
+        "roomcast:room:big",
+        format!("Jlate\n1 {late}").as_bytes(),
+    );
+    let notice = expect_next(&mut a, "user_joined");
+    assert_eq!(notice["clientId"], late);
+    assert_eq!(
+        notice["userCount"],
+        1 + 5,
+        "the late pair is not counted: {notice}"
+    );
+    // The counts already held are still kept up to date.
+    publish(
+        &redis.url(),
+        "roomcast:room:big",
+        format!("Lintruder\n2 {who}").as_bytes(),
+    );
+    let notice = expect_next(&mut a, "user_left");
+    assert_eq!(notice["userCount"], 1 + 2, "{notice}");
+    assert_eq!(server.health()["status"], "healthy");
+}

@@ -172,6 +172,50 @@ fn bad_handshakes_get_the_right_status() {
             400,
         ),
     ];
+    let origin = "Origin: https://a.example";
+    let trace = "X-Cloud-Trace-Context: 105445aa7843bc8bf206b12000100000/1;o=1";
+    let bearer = "Authorization: Bearer a.b.c";
+    let two_keys = format!("Sec-WebSocket-Key: {}", new_key());
+    // A field the upgrade reads once, sent twice: refused, not resolved
+    // by taking the first. The body names the field.
+    let repeated: Vec<(&str, String, &str)> = vec![
+        (
+            "two Origins",
+            get(&[h, up, conn, key, v13, origin, "Origin: https://b.example"]),
+            "Origin",
+        ),
+        (
+            "two Authorizations",
+            get(&[h, up, conn, key, v13, bearer, bearer]),
+            "Authorization",
+        ),
+        (
+            "two trace contexts",
+            get(&[h, up, conn, key, v13, trace, trace]),
+            "X-Cloud-Trace-Context",
+        ),
+        (
+            "two versions",
+            get(&[h, up, conn, key, v13, "sec-websocket-version: 13"]),
+            "Sec-WebSocket-Version",
+        ),
+        (
+            "two keys",
+            get(&[h, up, conn, key, &two_keys, v13]),
+            "Sec-WebSocket-Key",
+        ),
+        (
+            "two Hosts",
+            get(&[h, "host: x", up, conn, key, v13]),
+            "Host",
+        ),
+    ];
+    for (name, req, field) in &repeated {
+        let ex = http_exchange(server.addr, req.as_bytes());
+        assert_eq!(ex.resp.status, 400, "{name}: {:?}", ex.resp);
+        assert!(ex.resp.body_text().contains(field), "{name}: {:?}", ex.resp);
+        assert_error_response(name, &ex);
+    }
     for (name, req, want) in &cases {
         let ex = http_exchange(server.addr, req.as_bytes());
         assert_eq!(ex.resp.status, *want, "{name}: {:?}", ex.resp);

@@ -59,6 +59,67 @@ fn other_plain_paths_are_404_and_closed() {
     }
 }
 
+/// Sends `request` over raw TCP; returns the response head, every byte
+/// after it up to the close, and whether the server closed.
+fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (HttpResponse, String, bool) {
+    use std::io::Write;
+    let mut stream = tcp_connect(addr);
+    // The server may answer and close before reading everything sent.
+    let _ = stream.write_all(request);
+    let mut buf = Vec::new();
+    let resp = read_response_head(&mut stream, &mut buf);
+    let end = read_until_closed(&mut stream, &mut buf, STEP);
+    (
+        resp,
+        String::from_utf8_lossy(&buf).into_owned(),
+        end != End::TimedOut,
+    )
+}
+
+#[test]
+fn plain_requests_that_frame_a_body_are_400() {
+    let server = start(&[]);
+    for path in ["/", "/metrics", "/healthz", "/readyz", "/client.js"] {
+        for method in ["GET", "HEAD"] {
+            let ok = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+            let (resp, _, _) = raw_exchange(server.addr, ok.as_bytes());
+            assert_eq!(resp.status, 200, "{method} {path} with Content-Length: 0");
+            for (framing, reason) in [
+                ("Content-Length: five\r\n", "Content-Length"),
+                (
+                    "Content-Length: 5\r\nContent-Length: 6\r\n",
+                    "Content-Length",
+                ),
+                ("Content-Length: 5, 6\r\n", "Content-Length"),
+                ("Content-Length: -1\r\n", "Content-Length"),
+                ("Transfer-Encoding: chunked\r\n", "Transfer-Encoding"),
+                (
+                    "Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
+                    "Transfer-Encoding",
+                ),
+                // A body GET does not read: refused rather than left unread.
+                ("Content-Length: 16\r\n", "body"),
+            ] {
+                let req = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: x\r\n{framing}\r\nGET / HTTP/1.1\r\n\r\n"
+                );
+                let (resp, body, closed) = raw_exchange(server.addr, req.as_bytes());
+                let what = format!("{method} {path} with {framing:?}");
+                assert_eq!(resp.status, 400, "{what}: {body}");
+                assert!(closed, "{what}: connection left open");
+                // One answer only: the bytes after the head were not
+                // taken for a second request.
+                assert!(!body.contains("HTTP/1.1"), "{what}: {body}");
+                if method == "GET" {
+                    assert!(body.contains(reason), "{what}: {body}");
+                } else {
+                    assert!(body.is_empty(), "{what}: a body after HEAD");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn host_port_and_instance_come_from_the_environment() {
     let server = ServerBuilder::new()
@@ -72,6 +133,36 @@ fn host_port_and_instance_come_from_the_environment() {
     );
     assert_ne!(server.addr.port(), 0);
     assert_eq!(server.health()["instance"], "rev-42");
+}
+
+#[test]
+fn empty_environment_variables_count_as_unset() {
+    let mut builder = ServerBuilder::new();
+    for name in [
+        "AUTH_SECRET",
+        "ALLOWED_ORIGINS",
+        "REQUIRE_ORIGIN",
+        "REDIS_URL",
+        "PRESENCE_EXPIRY",
+        "TRUST_PROXY",
+        "K_SERVICE",
+        "K_REVISION",
+        "GOOGLE_CLOUD_PROJECT",
+        "LOG_LEVEL",
+        "MAX_CONNECTIONS",
+        "MAX_ROOMS",
+        "PING_INTERVAL",
+    ] {
+        builder = builder.env(name, "");
+    }
+    let server = builder.spawn();
+    let health = server.health();
+    assert_eq!(health["instance"], "local", "{health}");
+    assert_eq!(health["service"], Value::Null, "{health}");
+    assert!(health.get("backplane").is_none(), "no Redis: {health}");
+    // No token required, any origin allowed.
+    let ws = try_upgrade(server.addr, "/", &[("Origin", "https://any.example")]);
+    assert!(ws.is_ok(), "{:?}", ws.err());
 }
 
 #[test]

@@ -77,6 +77,29 @@ fn values<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Vec<&'h [u8]> {
         .collect()
 }
 
+/// Every `Content-Length` value, fields and comma-separated list elements
+/// alike, or `None` when one is not a decimal number (RFC 9110 8.6) that
+/// fits 64 bits. List elements are separated by optional whitespace:
+/// spaces and tabs (RFC 9110 5.6.3).
+fn content_lengths(headers: &[(String, Vec<u8>)]) -> Option<Vec<u64>> {
+    let mut lengths = Vec::new();
+    for value in values(headers, "content-length") {
+        for element in value.split(|&b| b == b',') {
+            let element = std::str::from_utf8(element).ok()?.trim_matches([' ', '\t']);
+            if element.is_empty() {
+                return None;
+            }
+            let mut n = 0u64;
+            for b in element.bytes() {
+                let digit = char::from(b).to_digit(10)?;
+                n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+            }
+            lengths.push(n);
+        }
+    }
+    Some(lengths)
+}
+
 /// RFC 6455 4.2.2 step 5: base64(SHA-1(key + GUID)).
 fn expected_accept(key: &[u8]) -> String {
     let mut sha = Sha1::new();
@@ -114,6 +137,23 @@ fn owed_status(parsed: &Outcome, req: &Request<'_>) -> &'static [u16] {
     let wants_ws =
         !values(headers, "upgrade").is_empty() || !values(headers, "sec-websocket-key").is_empty();
     if !wants_ws {
+        // RFC 9112 6.3: a plain request may not frame a body the server
+        // does not read: no Transfer-Encoding, a Content-Length that is
+        // one decimal number, and none but 0 on GET or HEAD.
+        if !values(headers, "transfer-encoding").is_empty() {
+            return &[400];
+        }
+        let lengths = match content_lengths(headers) {
+            Some(lengths) => lengths,
+            None => return &[400],
+        };
+        if lengths.windows(2).any(|w| w[0] != w[1]) {
+            return &[400];
+        }
+        let body = lengths.first().is_some_and(|&n| n > 0);
+        if body && matches!(req.method, "GET" | "HEAD") {
+            return &[400];
+        }
         // Plain requests: the embedded client files (GET and HEAD, 304
         // when If-None-Match names the file), the health report, the
         // probes, the metrics, or nothing.
@@ -179,11 +219,13 @@ fn check_accepted(parsed: &Outcome) {
     assert_eq!(keys.len(), 1);
     let decoded = BASE64.decode(keys[0]).expect("accepted key is base64");
     assert_eq!(decoded.len(), 16);
-    // 6. Sec-WebSocket-Version 13.
-    assert_eq!(
-        values(headers, "sec-websocket-version").first(),
-        Some(&&b"13"[..])
-    );
+    // 6. Sec-WebSocket-Version 13, once (RFC 6455 11.3.5).
+    assert_eq!(values(headers, "sec-websocket-version"), vec![&b"13"[..]]);
+    // The other fields the upgrade reads one value of appear at most
+    // once: two could each be seen by a different party.
+    for name in ["origin", "authorization", "x-cloud-trace-context"] {
+        assert!(values(headers, name).len() <= 1, "two {name} accepted");
+    }
     // No body may follow: what follows the head is frames.
     assert!(values(headers, "transfer-encoding").is_empty());
     for length in values(headers, "content-length") {

@@ -244,6 +244,10 @@ fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// The longest node id [`node_id`] makes: 64 bytes of instance id, a dash
+/// and 16 hex digits.
+pub(crate) const MAX_NODE_ID_BYTES: usize = 64 + 1 + 16;
+
 /// `<instance id>-<16 hex digits>`, with characters other than ASCII
 /// letters, digits, `.`, `_` and `-` in the instance id replaced by `_`,
 /// as the id is written into key names and envelope headers.
@@ -273,5 +277,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("rev_1_-"), "{a}");
         assert!(!a.contains('\n'));
+        let longest = node_id(&"\u{e9}".repeat(100));
+        assert_eq!(longest.len(), MAX_NODE_ID_BYTES);
     }
 }
