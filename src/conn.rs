@@ -1017,7 +1017,7 @@ impl<S: Transport> Engine<S> {
                             conn.out.push_with(|v| write_frame(v, kind.opcode(), data));
                             conn.ledger.message_out();
                             self.table.metrics.messages_out += 1;
-                            self.table.mark_dirty(key);
+                            mark_dirty_conn(conn, &mut self.table.dirty, key);
                         }
                         Route::Chat => match conn.bucket.take(&self.policy.admission.rate, now) {
                             Verdict::Allow => self.chat.on_message(&mut self.table, key, data),
@@ -1037,13 +1037,13 @@ impl<S: Transport> Engine<S> {
                 }
                 Event::Ping(payload) => {
                     // RFC 6455 5.5.3: a pong carries the ping's payload.
-                    conn.out
-                        .push_with(|v| write_frame(v, OpCode::Pong, payload.as_slice()));
-                    self.table.mark_dirty(key);
+                    let data = conn.decoder.control_payload(input, &payload);
+                    conn.out.push_with(|v| write_frame(v, OpCode::Pong, data));
+                    mark_dirty_conn(conn, &mut self.table.dirty, key);
                 }
                 Event::Pong(_) => {}
                 Event::Close(payload) => {
-                    match parse_close_payload(payload.as_slice()) {
+                    match parse_close_payload(conn.decoder.control_payload(input, &payload)) {
                         // RFC 6455 5.5.1: answer a close with a close,
                         // echoing its status code.
                         Ok(PeerClose::Empty) => {

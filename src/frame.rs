@@ -242,11 +242,20 @@ pub fn encode_header(out: &mut [u8; 10], fin: bool, opcode: OpCode, len: usize) 
 }
 
 /// Appends one complete, unfragmented server frame to `out`.
+#[inline]
 pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
-    let mut header = [0u8; 10];
-    let n = encode_header(&mut header, true, opcode, payload.len());
-    out.reserve(n + payload.len());
-    out.extend_from_slice(&header[..n]);
+    let len = payload.len();
+    if len < 126 {
+        // The usual chat or echo frame: a two-byte header of known size
+        // costs two stores, not a copy of a variable-length slice.
+        out.reserve(2 + len);
+        out.extend_from_slice(&[0x80 | opcode as u8, len as u8]);
+    } else {
+        let mut header = [0u8; 10];
+        let n = encode_header(&mut header, true, opcode, len);
+        out.reserve(n + len);
+        out.extend_from_slice(&header[..n]);
+    }
     out.extend_from_slice(payload);
 }
 
@@ -263,36 +272,6 @@ pub fn write_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
     payload[..2].copy_from_slice(&code.as_u16().to_be_bytes());
     payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
     write_frame(out, OpCode::Close, &payload[..2 + end]);
-}
-
-/// The payload of a control frame, copied out of the read buffer.
-#[derive(Clone, Copy)]
-pub struct ControlPayload {
-    len: u8,
-    bytes: [u8; MAX_CONTROL_PAYLOAD],
-}
-
-impl ControlPayload {
-    fn new(data: &[u8]) -> Self {
-        debug_assert!(data.len() <= MAX_CONTROL_PAYLOAD);
-        let mut bytes = [0u8; MAX_CONTROL_PAYLOAD];
-        bytes[..data.len()].copy_from_slice(data);
-        ControlPayload {
-            len: data.len() as u8,
-            bytes,
-        }
-    }
-
-    /// The payload bytes, unmasked.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl fmt::Debug for ControlPayload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x?}", self.as_slice())
-    }
 }
 
 /// A data message's kind.
@@ -314,17 +293,19 @@ impl MessageKind {
     }
 }
 
-/// Where a complete message's payload is.
+/// Where a complete message's or control frame's payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     /// In the input slice the decoder was given, unmasked, at this range.
     Input(Range<usize>),
-    /// In the decoder's assembly buffer: take it with
-    /// [`Decoder::take_message`].
+    /// In the decoder, as the frame came in pieces: take a message with
+    /// [`Decoder::take_message`], read a control payload with
+    /// [`Decoder::control_payload`].
     Assembled,
 }
 
-/// What the decoder found.
+/// What the decoder found. Payloads are told by where they are, not
+/// copied: the event is a few words, cheap to hand back once per message.
 #[derive(Debug)]
 pub enum Event {
     /// A complete data message; text is already checked to be UTF-8.
@@ -335,11 +316,11 @@ pub enum Event {
         payload: Payload,
     },
     /// A ping, to be answered with a pong carrying the same payload.
-    Ping(ControlPayload),
+    Ping(Payload),
     /// A pong.
-    Pong(ControlPayload),
+    Pong(Payload),
     /// A close frame; its payload is not yet validated (see `close.rs`).
-    Close(ControlPayload),
+    Close(Payload),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -420,8 +401,11 @@ impl std::ops::Deref for Spill {
 #[derive(Debug)]
 pub struct Decoder {
     state: State,
-    /// An unfinished header, or the payload of an unfinished control frame.
+    /// An unfinished header, or the payload of a control frame that came in
+    /// pieces: unfinished, or reported and held until the next call.
     partial: Spill,
+    /// Set while `partial` holds a reported control frame's payload.
+    holding_control: bool,
     /// The kind of the data message being assembled, if one is.
     assembling: Option<MessageKind>,
     /// The message being assembled: fragments so far, or a frame split
@@ -440,6 +424,7 @@ impl Decoder {
         Decoder {
             state: State::Header,
             partial: Spill::default(),
+            holding_control: false,
             assembling: None,
             message: Spill::default(),
             utf8: Utf8Validator::new(),
@@ -457,6 +442,15 @@ impl Decoder {
     /// idle connection holds none.
     pub fn take_message(&mut self) -> Vec<u8> {
         self.message.take()
+    }
+
+    /// The payload of the control frame just reported, whether it lies in
+    /// `input` (the slice that call was given) or in the decoder.
+    pub fn control_payload<'a>(&'a self, input: &'a [u8], payload: &Payload) -> &'a [u8] {
+        match payload {
+            Payload::Input(range) => &input[range.clone()],
+            Payload::Assembled => &self.partial,
+        }
     }
 
     /// Decodes from `input[*pos..]`, advancing `*pos` past what it used.
@@ -551,9 +545,9 @@ impl Decoder {
                     }
                     self.state = State::Header;
                     if opcode.is_control() {
-                        let event = control_event(opcode, &self.partial);
-                        self.partial.clear();
-                        return Ok(Some(event));
+                        // Held in `partial` until the next call.
+                        self.holding_control = true;
+                        return Ok(Some(control_event(opcode, Payload::Assembled)));
                     }
                     if fin {
                         return self.finish_assembled().map(Some);
@@ -566,7 +560,7 @@ impl Decoder {
     /// Reads a whole header, from `input` or from what earlier reads left.
     fn read_header(&mut self, input: &[u8], pos: &mut usize) -> Option<RawHeader> {
         let available = &input[*pos..];
-        if self.partial.is_empty() {
+        if self.partial.is_empty() || self.release_control() {
             if let Some(header) = split_header(available) {
                 *pos += header.header_len;
                 return Some(header);
@@ -592,6 +586,17 @@ impl Decoder {
             self.partial.push(byte);
             used += 1;
         }
+    }
+
+    /// Drops a control payload held since the last call; true if that
+    /// leaves no partial header.
+    fn release_control(&mut self) -> bool {
+        if !self.holding_control {
+            return false;
+        }
+        self.holding_control = false;
+        self.partial.clear();
+        true
     }
 
     /// Checks a new frame against the message in progress, and returns its
@@ -655,7 +660,7 @@ impl Decoder {
                     let range = *pos..*pos + len as usize;
                     *pos = range.end;
                     apply_mask(&mut input[range.clone()], key, 0);
-                    return Ok(Some(control_event(header.opcode, &input[range])));
+                    return Ok(Some(control_event(header.opcode, Payload::Input(range))));
                 }
             }
         }
@@ -678,6 +683,7 @@ impl Decoder {
         self.assembling = None;
         self.message = Spill::default();
         self.partial = Spill::default();
+        self.holding_control = false;
         err
     }
 
@@ -699,8 +705,7 @@ impl Decoder {
     }
 }
 
-fn control_event(opcode: OpCode, payload: &[u8]) -> Event {
-    let payload = ControlPayload::new(payload);
+fn control_event(opcode: OpCode, payload: Payload) -> Event {
     match opcode {
         OpCode::Ping => Event::Ping(payload),
         OpCode::Pong => Event::Pong(payload),
@@ -757,9 +762,9 @@ mod tests {
                         };
                         (format!("{kind:?}"), bytes)
                     }
-                    Event::Ping(p) => ("ping".into(), p.as_slice().to_vec()),
-                    Event::Pong(p) => ("pong".into(), p.as_slice().to_vec()),
-                    Event::Close(p) => ("close".into(), p.as_slice().to_vec()),
+                    Event::Ping(p) => ("ping".into(), d.control_payload(&piece, &p).to_vec()),
+                    Event::Pong(p) => ("pong".into(), d.control_payload(&piece, &p).to_vec()),
+                    Event::Close(p) => ("close".into(), d.control_payload(&piece, &p).to_vec()),
                 });
             }
             assert_eq!(pos, piece.len(), "decoder must use all input");
@@ -925,7 +930,10 @@ mod tests {
                 pos = 0;
                 loop {
                     match d.decode(piece, &mut pos) {
-                        Ok(Some(Event::Close(p))) => seen.push(format!("close {:?}", p)),
+                        Ok(Some(Event::Close(p))) => {
+                            let bytes = d.control_payload(piece, &p);
+                            seen.push(format!("close {bytes:x?}"));
+                        }
                         Ok(Some(other)) => panic!("{other:?}"),
                         Ok(None) => break,
                         Err(e) => seen.push(format!("{e:?}")),
