@@ -469,6 +469,9 @@ impl Decoder {
         input: &mut [u8],
         pos: &mut usize,
     ) -> Result<Option<Event>, FrameError> {
+        if let Some(found) = self.short_message(input, pos) {
+            return found;
+        }
         loop {
             match self.state {
                 State::Header => {
@@ -555,6 +558,49 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// The common case, settled without the general state machine: a whole
+    /// single-frame text or binary message under 126 bytes at `input[*pos..]`,
+    /// with no frame or message in progress. `None` leaves everything to
+    /// the general path; anything else is what [`Decoder::decode`] returns.
+    #[inline]
+    fn short_message(
+        &mut self,
+        input: &mut [u8],
+        pos: &mut usize,
+    ) -> Option<Result<Option<Event>, FrameError>> {
+        if !matches!(self.state, State::Header)
+            || self.assembling.is_some()
+            || !self.partial.is_empty()
+        {
+            return None;
+        }
+        let &[b0, b1, k0, k1, k2, k3, ..] = &input[*pos..] else {
+            return None;
+        };
+        // FIN set, no reserved bits, text or binary; masked, 7-bit length.
+        let kind = match b0 {
+            0x81 => MessageKind::Text,
+            0x82 => MessageKind::Binary,
+            _ => return None,
+        };
+        let len = usize::from(b1 ^ 0x80);
+        let start = *pos + 6;
+        if len >= 126 || input.len() - start < len || len as u64 > u64::from(self.max_message) {
+            return None;
+        }
+        let range = start..start + len;
+        *pos = range.end;
+        let payload = &mut input[range.clone()];
+        apply_mask(payload, [k0, k1, k2, k3], 0);
+        if kind == MessageKind::Text && !crate::utf8::is_valid(payload) {
+            return Some(Err(self.fail(FrameError::InvalidUtf8, State::Header)));
+        }
+        Some(Ok(Some(Event::Message {
+            kind,
+            payload: Payload::Input(range),
+        })))
     }
 
     /// Reads a whole header, from `input` or from what earlier reads left.

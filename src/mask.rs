@@ -10,26 +10,30 @@
 ///
 /// Works eight bytes at a time; the compiler turns the loop into vector
 /// instructions, so this runs near memory speed without `unsafe`.
+#[inline]
 pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    let key = rotate(key, offset);
+    let key = rotate(u32::from_ne_bytes(key), offset);
+    let wide = u64::from(key) | (u64::from(key) << 32);
     let mut words = data.chunks_exact_mut(8);
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
     for word in &mut words {
         let bytes: &mut [u8; 8] = word.try_into().expect("chunks_exact gives 8 bytes");
         *bytes = (u64::from_ne_bytes(*bytes) ^ wide).to_ne_bytes();
     }
+    let key = key.to_ne_bytes();
     for (i, byte) in words.into_remainder().iter_mut().enumerate() {
         *byte ^= key[i & 3];
     }
 }
 
-/// The key as seen by a byte `offset` bytes into the payload.
-fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
-    let mut rotated = key;
-    rotated.rotate_left(offset & 3);
-    rotated
+/// The key, in memory order, as seen by a byte `offset` bytes into the
+/// payload: its bytes moved `offset % 4` places towards the front.
+fn rotate(key: u32, offset: usize) -> u32 {
+    let bits = (offset as u32 & 3) * 8;
+    if cfg!(target_endian = "little") {
+        key.rotate_right(bits)
+    } else {
+        key.rotate_left(bits)
+    }
 }
 
 #[cfg(test)]

@@ -93,9 +93,10 @@ impl OutQueue {
         self.busy().push_bytes(bytes);
     }
 
-    /// Queues what `write` appends to the owned tail buffer.
-    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        self.busy().push_with(write);
+    /// Queues what `write` appends to the owned tail buffer, and returns
+    /// what `write` returns.
+    pub fn push_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        self.busy().push_with(write)
     }
 
     /// Queues a frame shared with other connections, without copying it.
@@ -155,13 +156,14 @@ impl Queue {
 
     /// Lets `write` append straight into the queue's owned tail, then
     /// counts what it appended.
-    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+    pub fn push_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let tail = self.owned_tail();
         let before = tail.len();
-        write(tail);
+        let result = write(tail);
         let added = tail.len() - before;
         self.len += added;
         self.used = true;
+        result
     }
 
     /// Queues a shared frame without copying it.
