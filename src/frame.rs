@@ -250,12 +250,19 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
         // costs two stores, not a copy of a variable-length slice.
         out.reserve(2 + len);
         out.extend_from_slice(&[0x80 | opcode as u8, len as u8]);
+        out.extend_from_slice(payload);
     } else {
-        let mut header = [0u8; 10];
-        let n = encode_header(&mut header, true, opcode, len);
-        out.reserve(n + len);
-        out.extend_from_slice(&header[..n]);
+        write_long_frame(out, opcode, payload);
     }
+}
+
+/// [`write_frame`] for a payload of 126 bytes or more.
+#[inline(never)]
+fn write_long_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let mut header = [0u8; 10];
+    let n = encode_header(&mut header, true, opcode, payload.len());
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&header[..n]);
     out.extend_from_slice(payload);
 }
 
@@ -464,14 +471,30 @@ impl Decoder {
     /// A violation; the connection must then be closed with the error's
     /// close code. Calls after it skip the refused frame and go on finding
     /// frames (the peer's close, above all) where the stream still allows.
+    #[inline]
     pub fn decode(
         &mut self,
         input: &mut [u8],
         pos: &mut usize,
     ) -> Result<Option<Event>, FrameError> {
+        // No state is changed by no input: nothing that a call leaves
+        // behind waits for anything but more bytes.
+        if *pos == input.len() {
+            return Ok(None);
+        }
         if let Some(found) = self.short_message(input, pos) {
             return found;
         }
+        self.decode_frames(input, pos)
+    }
+
+    /// [`Decoder::decode`] beyond its fast paths: the general state machine.
+    #[inline(never)]
+    fn decode_frames(
+        &mut self,
+        input: &mut [u8],
+        pos: &mut usize,
+    ) -> Result<Option<Event>, FrameError> {
         loop {
             match self.state {
                 State::Header => {
@@ -564,7 +587,7 @@ impl Decoder {
     /// single-frame text or binary message under 126 bytes at `input[*pos..]`,
     /// with no frame or message in progress. `None` leaves everything to
     /// the general path; anything else is what [`Decoder::decode`] returns.
-    #[inline]
+    #[inline(always)]
     fn short_message(
         &mut self,
         input: &mut [u8],

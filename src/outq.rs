@@ -242,7 +242,17 @@ impl Queue {
         }
     }
 
-    fn consume(&mut self, mut n: usize) {
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        if n == self.len && self.segments.len() == 1 {
+            self.consume_last();
+        } else {
+            self.consume_some(n);
+        }
+    }
+
+    #[inline(never)]
+    fn consume_some(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
             let front = self.segments.front().expect("consumed bytes were queued");
@@ -275,6 +285,19 @@ impl Queue {
                 self.emptied = self.emptied.saturating_add(1);
             }
         }
+    }
+
+    /// Everything was written, and it was one segment: the usual end of a
+    /// reply's or a broadcast frame's write, settled without the general
+    /// walk of [`Queue::consume`], to the same effect.
+    fn consume_last(&mut self) {
+        self.len = 0;
+        self.front_written = 0;
+        match self.segments.front_mut() {
+            Some(Segment::Owned(v)) if v.capacity() <= KEEP_OWNED && self.emptied > 0 => v.clear(),
+            _ => self.segments.clear(),
+        }
+        self.emptied = self.emptied.saturating_add(1);
     }
 
     fn owned_tail(&mut self) -> &mut Vec<u8> {
