@@ -242,7 +242,7 @@ pub fn encode_header(out: &mut [u8; 10], fin: bool, opcode: OpCode, len: usize) 
 }
 
 /// Appends one complete, unfragmented server frame to `out`.
-#[inline]
+#[inline(always)]
 pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let len = payload.len();
     if len < 126 {
