@@ -100,6 +100,11 @@ enum Mode {
         /// How members join and what they receive.
         #[arg(long, value_enum, default_value = "chat")]
         protocol: broadcast::Protocol,
+        /// Publish this many messages in all, then wait for every delivery
+        /// (no warm-up, no window): a fixed amount of work, for counting
+        /// instructions.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Connect, upgrade, close, over and over.
     Handshakes {
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
             depth,
             size,
             protocol,
+            count,
         } => broadcast::run(
             &target,
             &broadcast::Load {
@@ -164,6 +170,7 @@ fn main() -> ExitCode {
                 depth: depth.max(1),
                 size,
                 protocol,
+                count,
             },
             &mut window,
         ),
