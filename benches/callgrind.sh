@@ -4,6 +4,7 @@
 #
 #   benches/callgrind.sh [DEPTH] [SMALL] [LARGE]
 #   benches/callgrind.sh broadcast [SMALL] [LARGE]
+#   benches/callgrind.sh handshakes [SMALL] [LARGE]
 #
 # Runs the server (the `profiling` build: release with symbols) under
 # valgrind twice, echoing SMALL and then LARGE messages over 100 connections
@@ -13,6 +14,10 @@
 # `broadcast` has one publisher in a chat room of 1,000 members send SMALL
 # and then LARGE messages (32 bytes of text, 16 in flight), and prints the
 # instructions per delivery: the same difference over 1,000 times as many.
+#
+# `handshakes` has 10 clients at a time connect to /echo, upgrade, close
+# with a close frame and start over, SMALL and then LARGE times, and
+# prints the instructions per handshake.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${1:-}" = broadcast ]; then
@@ -26,6 +31,11 @@ if [ "${1:-}" = broadcast ]; then
     SERVER_ARGS=(--max-connections 20000 --max-connections-per-ip 20000
         --max-room-members 100000 --rate-limit 1000000000 --rate-burst 1000000000
         --ping-interval 3600s)
+elif [ "${1:-}" = handshakes ]; then
+    MODE=handshakes
+    SMALL=${2:-1000}
+    LARGE=${3:-3000}
+    SERVER_ARGS=(--max-connections-per-ip 20000)
 else
     MODE=echo
     DEPTH=${1:-16}
@@ -43,8 +53,8 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 instructions() {
     local count=$1 port pid file
     port=$(port)
-    if [ "$MODE" = broadcast ]; then
-        file="$OUT/callgrind.broadcast.$count.out"
+    if [ "$MODE" != echo ]; then
+        file="$OUT/callgrind.$MODE.$count.out"
     else
         file="$OUT/callgrind.d$DEPTH.$count.out"
     fi
@@ -59,6 +69,8 @@ instructions() {
     if [ "$MODE" = broadcast ]; then
         target/release/roomcast-bench --port "$port" broadcast -m "$MEMBERS" -k 1 -p 16 \
             -s 32 --count "$count" >/dev/null
+    elif [ "$MODE" = handshakes ]; then
+        target/release/roomcast-bench --port "$port" handshakes -c 10 --count "$count" >/dev/null
     else
         target/release/roomcast-bench --port "$port" echo -c 100 -p "$DEPTH" -s 32 \
             --count "$count" >/dev/null
@@ -71,7 +83,10 @@ instructions() {
 
 small=$(instructions "$SMALL")
 large=$(instructions "$LARGE")
-if [ "$MODE" = broadcast ]; then
+if [ "$MODE" = handshakes ]; then
+    echo "handshakes: Ir($SMALL)=$small Ir($LARGE)=$large"
+    echo "instructions per handshake: $(( (large - small) / (LARGE - SMALL) ))"
+elif [ "$MODE" = broadcast ]; then
     echo "broadcast to $MEMBERS: Ir($SMALL)=$small Ir($LARGE)=$large"
     echo "instructions per broadcast delivery (chat, $MEMBERS members):" \
         "$(( (large - small) / ((LARGE - SMALL) * MEMBERS) ))"

@@ -111,6 +111,10 @@ enum Mode {
         /// Clients doing so at once.
         #[arg(short = 'c', long, default_value_t = 50)]
         concurrency: usize,
+        /// Stop after this many handshakes (no warm-up, no window): a fixed
+        /// amount of work, for counting instructions.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// N idle connections; the server's RSS per connection.
     Idle {
@@ -174,7 +178,9 @@ fn main() -> ExitCode {
             },
             &mut window,
         ),
-        Mode::Handshakes { concurrency } => handshakes::run(&target, concurrency, &mut window),
+        Mode::Handshakes { concurrency, count } => {
+            handshakes::run(&target, concurrency, count, &mut window)
+        }
         Mode::Idle { connections } => idle::run(&target, connections, window.server()),
     };
     match result {
