@@ -974,7 +974,13 @@ impl<S: Transport> Engine<S> {
                 return;
             };
             let conn = &mut peer.conn;
-            let event = match conn.decoder.decode(input, &mut pos) {
+            let decoded = if conn.route == Route::Echo && conn.phase == Phase::Open {
+                let (metrics, dirty) = (&mut self.table.metrics, &mut self.table.dirty);
+                echo_run(conn, key, input, &mut pos, metrics, dirty)
+            } else {
+                conn.decoder.decode(input, &mut pos)
+            };
+            let event = match decoded {
                 Ok(Some(event)) => event,
                 Ok(None) => return,
                 Err(err) => {
@@ -1017,7 +1023,7 @@ impl<S: Transport> Engine<S> {
                             conn.out.push_with(|v| write_frame(v, kind.opcode(), data));
                             conn.ledger.message_out();
                             self.table.metrics.messages_out += 1;
-                            self.table.mark_dirty(key);
+                            mark_dirty_conn(conn, &mut self.table.dirty, key);
                         }
                         Route::Chat => match conn.bucket.take(&self.policy.admission.rate, now) {
                             Verdict::Allow => self.chat.on_message(&mut self.table, key, data),
@@ -1037,13 +1043,13 @@ impl<S: Transport> Engine<S> {
                 }
                 Event::Ping(payload) => {
                     // RFC 6455 5.5.3: a pong carries the ping's payload.
-                    conn.out
-                        .push_with(|v| write_frame(v, OpCode::Pong, payload.as_slice()));
-                    self.table.mark_dirty(key);
+                    let data = conn.decoder.control_payload(input, &payload);
+                    conn.out.push_with(|v| write_frame(v, OpCode::Pong, data));
+                    mark_dirty_conn(conn, &mut self.table.dirty, key);
                 }
                 Event::Pong(_) => {}
                 Event::Close(payload) => {
-                    match parse_close_payload(payload.as_slice()) {
+                    match parse_close_payload(conn.decoder.control_payload(input, &payload)) {
                         // RFC 6455 5.5.1: answer a close with a close,
                         // echoing its status code.
                         Ok(PeerClose::Empty) => {
@@ -1146,6 +1152,48 @@ fn conn_fields(key: Key, conn: &Connection, deployment: &Deployment) -> Vec<(&'s
         fields.extend(deployment.trace_fields(trace));
     }
     fields
+}
+
+/// Echoes the whole messages that lie in `input` from `*pos` on, appending
+/// each reply to the write queue's tail as it is decoded; returns the first
+/// decoder result that is anything else (the end of the input, a control
+/// frame, a message assembled from pieces, an error).
+fn echo_run(
+    conn: &mut Connection,
+    key: Key,
+    input: &mut [u8],
+    pos: &mut usize,
+    metrics: &mut Metrics,
+    dirty: &mut Vec<Key>,
+) -> Result<Option<Event>, FrameError> {
+    let (kind, range) = match conn.decoder.decode(input, pos) {
+        Ok(Some(Event::Message {
+            kind,
+            payload: Payload::Input(range),
+        })) => (kind, range),
+        other => return other,
+    };
+    let decoder = &mut conn.decoder;
+    let mut echoed: u32 = 0;
+    let rest = conn.out.push_with(|tail| {
+        let (mut kind, mut range) = (kind, range);
+        loop {
+            write_frame(tail, kind.opcode(), &input[range]);
+            echoed += 1;
+            match decoder.decode(input, pos) {
+                Ok(Some(Event::Message {
+                    kind: next,
+                    payload: Payload::Input(at),
+                })) => (kind, range) = (next, at),
+                other => return other,
+            }
+        }
+    });
+    conn.ledger.echoed(echoed);
+    metrics.messages_in += u64::from(echoed);
+    metrics.messages_out += u64::from(echoed);
+    mark_dirty_conn(conn, dirty, key);
+    rest
 }
 
 fn mark_dirty_conn(conn: &mut Connection, dirty: &mut Vec<Key>, key: Key) {
@@ -1442,6 +1490,43 @@ mod tests {
             at = end;
         }
         out
+    }
+
+    #[test]
+    fn echo_answers_in_order_around_control_frames_and_fragments() {
+        let mut engine = Engine::new(limits(), "t");
+        let key = connect(&mut engine, "/echo", usize::MAX);
+        frames(&mut engine, key);
+        let mut first_piece = masked(1, b"tw");
+        first_piece[0] &= 0x7F;
+        let mut input = Vec::new();
+        for part in [
+            masked(1, b"one"),
+            masked(9, b"p"),
+            first_piece,
+            masked(0, b"o"),
+            masked(2, b"3"),
+            masked(1, b"four"),
+        ] {
+            input.extend(part);
+        }
+        // A short frame cut at the end of the read is finished by the next.
+        let tail = masked(1, b"five");
+        input.extend_from_slice(&tail[..4]);
+        engine.on_input(key, &mut input, 1);
+        engine.on_input(key, &mut tail[4..].to_vec(), 1);
+        engine.flush(1);
+        let expected: Vec<(OpCode, Vec<u8>)> = vec![
+            (OpCode::Text, b"one".to_vec()),
+            (OpCode::Pong, b"p".to_vec()),
+            (OpCode::Text, b"two".to_vec()),
+            (OpCode::Binary, b"3".to_vec()),
+            (OpCode::Text, b"four".to_vec()),
+            (OpCode::Text, b"five".to_vec()),
+        ];
+        assert_eq!(frames(&mut engine, key), expected);
+        assert_eq!(engine.metrics_mut().messages_in, 5);
+        assert_eq!(engine.metrics_mut().messages_out, 5);
     }
 
     #[test]

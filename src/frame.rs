@@ -242,7 +242,23 @@ pub fn encode_header(out: &mut [u8; 10], fin: bool, opcode: OpCode, len: usize) 
 }
 
 /// Appends one complete, unfragmented server frame to `out`.
+#[inline(always)]
 pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let len = payload.len();
+    if len < 126 {
+        // The usual chat or echo frame: a two-byte header of known size
+        // costs two stores, not a copy of a variable-length slice.
+        out.reserve(2 + len);
+        out.extend_from_slice(&[0x80 | opcode as u8, len as u8]);
+        out.extend_from_slice(payload);
+    } else {
+        write_long_frame(out, opcode, payload);
+    }
+}
+
+/// [`write_frame`] for a payload of 126 bytes or more.
+#[inline(never)]
+fn write_long_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let mut header = [0u8; 10];
     let n = encode_header(&mut header, true, opcode, payload.len());
     out.reserve(n + payload.len());
@@ -265,36 +281,6 @@ pub fn write_close(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
     write_frame(out, OpCode::Close, &payload[..2 + end]);
 }
 
-/// The payload of a control frame, copied out of the read buffer.
-#[derive(Clone, Copy)]
-pub struct ControlPayload {
-    len: u8,
-    bytes: [u8; MAX_CONTROL_PAYLOAD],
-}
-
-impl ControlPayload {
-    fn new(data: &[u8]) -> Self {
-        debug_assert!(data.len() <= MAX_CONTROL_PAYLOAD);
-        let mut bytes = [0u8; MAX_CONTROL_PAYLOAD];
-        bytes[..data.len()].copy_from_slice(data);
-        ControlPayload {
-            len: data.len() as u8,
-            bytes,
-        }
-    }
-
-    /// The payload bytes, unmasked.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl fmt::Debug for ControlPayload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x?}", self.as_slice())
-    }
-}
-
 /// A data message's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -314,17 +300,19 @@ impl MessageKind {
     }
 }
 
-/// Where a complete message's payload is.
+/// Where a complete message's or control frame's payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     /// In the input slice the decoder was given, unmasked, at this range.
     Input(Range<usize>),
-    /// In the decoder's assembly buffer: take it with
-    /// [`Decoder::take_message`].
+    /// In the decoder, as the frame came in pieces: take a message with
+    /// [`Decoder::take_message`], read a control payload with
+    /// [`Decoder::control_payload`].
     Assembled,
 }
 
-/// What the decoder found.
+/// What the decoder found. Payloads are told by where they are, not
+/// copied: the event is a few words, cheap to hand back once per message.
 #[derive(Debug)]
 pub enum Event {
     /// A complete data message; text is already checked to be UTF-8.
@@ -335,11 +323,11 @@ pub enum Event {
         payload: Payload,
     },
     /// A ping, to be answered with a pong carrying the same payload.
-    Ping(ControlPayload),
+    Ping(Payload),
     /// A pong.
-    Pong(ControlPayload),
+    Pong(Payload),
     /// A close frame; its payload is not yet validated (see `close.rs`).
-    Close(ControlPayload),
+    Close(Payload),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -420,8 +408,11 @@ impl std::ops::Deref for Spill {
 #[derive(Debug)]
 pub struct Decoder {
     state: State,
-    /// An unfinished header, or the payload of an unfinished control frame.
+    /// An unfinished header, or the payload of a control frame that came in
+    /// pieces: unfinished, or reported and held until the next call.
     partial: Spill,
+    /// Set while `partial` holds a reported control frame's payload.
+    holding_control: bool,
     /// The kind of the data message being assembled, if one is.
     assembling: Option<MessageKind>,
     /// The message being assembled: fragments so far, or a frame split
@@ -440,6 +431,7 @@ impl Decoder {
         Decoder {
             state: State::Header,
             partial: Spill::default(),
+            holding_control: false,
             assembling: None,
             message: Spill::default(),
             utf8: Utf8Validator::new(),
@@ -459,6 +451,15 @@ impl Decoder {
         self.message.take()
     }
 
+    /// The payload of the control frame just reported, whether it lies in
+    /// `input` (the slice that call was given) or in the decoder.
+    pub fn control_payload<'a>(&'a self, input: &'a [u8], payload: &Payload) -> &'a [u8] {
+        match payload {
+            Payload::Input(range) => &input[range.clone()],
+            Payload::Assembled => &self.partial,
+        }
+    }
+
     /// Decodes from `input[*pos..]`, advancing `*pos` past what it used.
     ///
     /// Returns `Ok(None)` once all input is used, with any unfinished frame
@@ -470,7 +471,26 @@ impl Decoder {
     /// A violation; the connection must then be closed with the error's
     /// close code. Calls after it skip the refused frame and go on finding
     /// frames (the peer's close, above all) where the stream still allows.
+    #[inline]
     pub fn decode(
+        &mut self,
+        input: &mut [u8],
+        pos: &mut usize,
+    ) -> Result<Option<Event>, FrameError> {
+        // No state is changed by no input: nothing that a call leaves
+        // behind waits for anything but more bytes.
+        if *pos == input.len() {
+            return Ok(None);
+        }
+        if let Some(found) = self.short_message(input, pos) {
+            return found;
+        }
+        self.decode_frames(input, pos)
+    }
+
+    /// [`Decoder::decode`] beyond its fast paths: the general state machine.
+    #[inline(never)]
+    fn decode_frames(
         &mut self,
         input: &mut [u8],
         pos: &mut usize,
@@ -551,9 +571,9 @@ impl Decoder {
                     }
                     self.state = State::Header;
                     if opcode.is_control() {
-                        let event = control_event(opcode, &self.partial);
-                        self.partial.clear();
-                        return Ok(Some(event));
+                        // Held in `partial` until the next call.
+                        self.holding_control = true;
+                        return Ok(Some(control_event(opcode, Payload::Assembled)));
                     }
                     if fin {
                         return self.finish_assembled().map(Some);
@@ -563,10 +583,53 @@ impl Decoder {
         }
     }
 
+    /// The common case, settled without the general state machine: a whole
+    /// single-frame text or binary message under 126 bytes at `input[*pos..]`,
+    /// with no frame or message in progress. `None` leaves everything to
+    /// the general path; anything else is what [`Decoder::decode`] returns.
+    #[inline(always)]
+    fn short_message(
+        &mut self,
+        input: &mut [u8],
+        pos: &mut usize,
+    ) -> Option<Result<Option<Event>, FrameError>> {
+        if !matches!(self.state, State::Header)
+            || self.assembling.is_some()
+            || !self.partial.is_empty()
+        {
+            return None;
+        }
+        let &[b0, b1, k0, k1, k2, k3, ..] = &input[*pos..] else {
+            return None;
+        };
+        // FIN set, no reserved bits, text or binary; masked, 7-bit length.
+        let kind = match b0 {
+            0x81 => MessageKind::Text,
+            0x82 => MessageKind::Binary,
+            _ => return None,
+        };
+        let len = usize::from(b1 ^ 0x80);
+        let start = *pos + 6;
+        if len >= 126 || input.len() - start < len || len as u64 > u64::from(self.max_message) {
+            return None;
+        }
+        let range = start..start + len;
+        *pos = range.end;
+        let payload = &mut input[range.clone()];
+        apply_mask(payload, [k0, k1, k2, k3], 0);
+        if kind == MessageKind::Text && !crate::utf8::is_valid(payload) {
+            return Some(Err(self.fail(FrameError::InvalidUtf8, State::Header)));
+        }
+        Some(Ok(Some(Event::Message {
+            kind,
+            payload: Payload::Input(range),
+        })))
+    }
+
     /// Reads a whole header, from `input` or from what earlier reads left.
     fn read_header(&mut self, input: &[u8], pos: &mut usize) -> Option<RawHeader> {
         let available = &input[*pos..];
-        if self.partial.is_empty() {
+        if self.partial.is_empty() || self.release_control() {
             if let Some(header) = split_header(available) {
                 *pos += header.header_len;
                 return Some(header);
@@ -592,6 +655,17 @@ impl Decoder {
             self.partial.push(byte);
             used += 1;
         }
+    }
+
+    /// Drops a control payload held since the last call; true if that
+    /// leaves no partial header.
+    fn release_control(&mut self) -> bool {
+        if !self.holding_control {
+            return false;
+        }
+        self.holding_control = false;
+        self.partial.clear();
+        true
     }
 
     /// Checks a new frame against the message in progress, and returns its
@@ -655,7 +729,7 @@ impl Decoder {
                     let range = *pos..*pos + len as usize;
                     *pos = range.end;
                     apply_mask(&mut input[range.clone()], key, 0);
-                    return Ok(Some(control_event(header.opcode, &input[range])));
+                    return Ok(Some(control_event(header.opcode, Payload::Input(range))));
                 }
             }
         }
@@ -678,6 +752,7 @@ impl Decoder {
         self.assembling = None;
         self.message = Spill::default();
         self.partial = Spill::default();
+        self.holding_control = false;
         err
     }
 
@@ -699,8 +774,7 @@ impl Decoder {
     }
 }
 
-fn control_event(opcode: OpCode, payload: &[u8]) -> Event {
-    let payload = ControlPayload::new(payload);
+fn control_event(opcode: OpCode, payload: Payload) -> Event {
     match opcode {
         OpCode::Ping => Event::Ping(payload),
         OpCode::Pong => Event::Pong(payload),
@@ -757,9 +831,9 @@ mod tests {
                         };
                         (format!("{kind:?}"), bytes)
                     }
-                    Event::Ping(p) => ("ping".into(), p.as_slice().to_vec()),
-                    Event::Pong(p) => ("pong".into(), p.as_slice().to_vec()),
-                    Event::Close(p) => ("close".into(), p.as_slice().to_vec()),
+                    Event::Ping(p) => ("ping".into(), d.control_payload(&piece, &p).to_vec()),
+                    Event::Pong(p) => ("pong".into(), d.control_payload(&piece, &p).to_vec()),
+                    Event::Close(p) => ("close".into(), d.control_payload(&piece, &p).to_vec()),
                 });
             }
             assert_eq!(pos, piece.len(), "decoder must use all input");
@@ -925,7 +999,10 @@ mod tests {
                 pos = 0;
                 loop {
                     match d.decode(piece, &mut pos) {
-                        Ok(Some(Event::Close(p))) => seen.push(format!("close {:?}", p)),
+                        Ok(Some(Event::Close(p))) => {
+                            let bytes = d.control_payload(piece, &p);
+                            seen.push(format!("close {bytes:x?}"));
+                        }
                         Ok(Some(other)) => panic!("{other:?}"),
                         Ok(None) => break,
                         Err(e) => seen.push(format!("{e:?}")),

@@ -65,6 +65,12 @@ impl Ledger {
         self.messages_in = self.messages_in.saturating_add(1);
     }
 
+    /// Counts `n` data messages received and as many queued to it.
+    pub fn echoed(&mut self, n: u32) {
+        self.messages_in = self.messages_in.saturating_add(n);
+        self.messages_out = self.messages_out.saturating_add(n);
+    }
+
     /// Counts one data message queued to it.
     pub fn message_out(&mut self) {
         self.messages_out = self.messages_out.saturating_add(1);

@@ -5,31 +5,57 @@
 //! in pieces is unmasked piece by piece, so each call takes the offset of its
 //! first byte within the frame's payload.
 
+use std::mem::take;
+
 /// XORs `data` in place with `key`, as if `data` began `offset` bytes into
 /// the frame's payload.
 ///
-/// Works eight bytes at a time; the compiler turns the loop into vector
-/// instructions, so this runs near memory speed without `unsafe`.
+/// Works sixteen bytes at a time, then eight, four and one; the compiler
+/// keeps the wide steps in vector registers, so this runs near memory speed
+/// without `unsafe`, and a short chat message costs a handful of
+/// instructions rather than a vectorized loop's setup.
+#[inline]
 pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    let key = rotate(key, offset);
-    let mut words = data.chunks_exact_mut(8);
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    for word in &mut words {
-        let bytes: &mut [u8; 8] = word.try_into().expect("chunks_exact gives 8 bytes");
-        *bytes = (u64::from_ne_bytes(*bytes) ^ wide).to_ne_bytes();
+    let key = rotate(u32::from_ne_bytes(key), offset);
+    let wide = u64::from(key) | (u64::from(key) << 32);
+    let widest = u128::from(wide) | (u128::from(wide) << 64);
+    let mut blocks = data.chunks_exact_mut(16);
+    for block in &mut blocks {
+        let bytes: &mut [u8; 16] = block.try_into().expect("chunks_exact gives 16 bytes");
+        *bytes = (u128::from_ne_bytes(*bytes) ^ widest).to_ne_bytes();
     }
-    for (i, byte) in words.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i & 3];
+    // Under 16 bytes are left; every step below takes a multiple of 4, so
+    // the key stays in phase.
+    let mut rest = blocks.into_remainder();
+    if rest.len() >= 8 {
+        let (word, tail) = take(&mut rest)
+            .split_first_chunk_mut::<8>()
+            .expect("8 bytes");
+        *word = (u64::from_ne_bytes(*word) ^ wide).to_ne_bytes();
+        rest = tail;
+    }
+    if rest.len() >= 4 {
+        let (word, tail) = take(&mut rest)
+            .split_first_chunk_mut::<4>()
+            .expect("4 bytes");
+        *word = (u32::from_ne_bytes(*word) ^ key).to_ne_bytes();
+        rest = tail;
+    }
+    let key = key.to_ne_bytes();
+    for (byte, k) in rest.iter_mut().zip(key) {
+        *byte ^= k;
     }
 }
 
-/// The key as seen by a byte `offset` bytes into the payload.
-fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
-    let mut rotated = key;
-    rotated.rotate_left(offset & 3);
-    rotated
+/// The key, in memory order, as seen by a byte `offset` bytes into the
+/// payload: its bytes moved `offset % 4` places towards the front.
+fn rotate(key: u32, offset: usize) -> u32 {
+    let bits = (offset as u32 & 3) * 8;
+    if cfg!(target_endian = "little") {
+        key.rotate_right(bits)
+    } else {
+        key.rotate_left(bits)
+    }
 }
 
 #[cfg(test)]

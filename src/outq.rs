@@ -42,6 +42,9 @@ const KEEP_OWNED: usize = 4096;
 /// The most buffers one `writev` is given.
 const MAX_IOVECS: usize = 64;
 
+/// A queue of at most this many segments is written from a list this long.
+const FEW_IOVECS: usize = 8;
+
 /// Bytes waiting to be written, in order.
 ///
 /// The queue's state lives in a box that exists only while the connection
@@ -73,6 +76,7 @@ impl OutQueue {
         OutQueue::default()
     }
 
+    #[inline]
     fn busy(&mut self) -> &mut Queue {
         self.queue.get_or_insert_with(Box::default)
     }
@@ -93,12 +97,14 @@ impl OutQueue {
         self.busy().push_bytes(bytes);
     }
 
-    /// Queues what `write` appends to the owned tail buffer.
-    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        self.busy().push_with(write);
+    /// Queues what `write` appends to the owned tail buffer, and returns
+    /// what `write` returns.
+    pub fn push_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        self.busy().push_with(write)
     }
 
     /// Queues a frame shared with other connections, without copying it.
+    #[inline]
     pub fn push_shared(&mut self, frame: &Rc<[u8]>) {
         self.busy().push_shared(frame);
     }
@@ -155,16 +161,18 @@ impl Queue {
 
     /// Lets `write` append straight into the queue's owned tail, then
     /// counts what it appended.
-    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+    pub fn push_with<R>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let tail = self.owned_tail();
         let before = tail.len();
-        write(tail);
+        let result = write(tail);
         let added = tail.len() - before;
         self.len += added;
         self.used = true;
+        result
     }
 
     /// Queues a shared frame without copying it.
+    #[inline]
     pub fn push_shared(&mut self, frame: &Rc<[u8]>) {
         if frame.is_empty() {
             return;
@@ -207,14 +215,14 @@ impl Queue {
                 }
                 continue;
             }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, seg) in self.segments.iter().take(MAX_IOVECS).enumerate() {
-                let skip = if i == 0 { self.front_written } else { 0 };
-                slices[i] = IoSlice::new(&seg.bytes()[skip..]);
-                count += 1;
-            }
-            match out.write_vectored(&slices[..count]) {
+            // A few frames between two writes is the usual broadcast case:
+            // a short list is cheaper to set up than a full one.
+            let written = if self.segments.len() <= FEW_IOVECS {
+                self.write_vectored::<FEW_IOVECS>(out)
+            } else {
+                self.write_vectored::<MAX_IOVECS>(out)
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -223,6 +231,18 @@ impl Queue {
             }
         }
         Ok(true)
+    }
+
+    /// One `writev` of the first `N` segments at most.
+    fn write_vectored<const N: usize>(&self, out: &mut impl Write) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); N];
+        let mut count = 0;
+        for (slice, seg) in slices.iter_mut().zip(&self.segments) {
+            let skip = if count == 0 { self.front_written } else { 0 };
+            *slice = IoSlice::new(&seg.bytes()[skip..]);
+            count += 1;
+        }
+        out.write_vectored(&slices[..count])
     }
 
     /// Frees the segment list of an empty queue that grew in a burst, or
@@ -240,39 +260,55 @@ impl Queue {
         }
     }
 
-    fn consume(&mut self, mut n: usize) {
-        self.len -= n;
+    #[inline]
+    fn consume(&mut self, n: usize) {
+        if n == self.len && self.segments.len() == 1 {
+            self.consume_last();
+        } else {
+            self.consume_some(n);
+        }
+    }
+
+    #[inline(never)]
+    fn consume_some(&mut self, mut n: usize) {
         while n > 0 {
             let front = self.segments.front().expect("consumed bytes were queued");
             let left = front.bytes().len() - self.front_written;
             if n < left {
                 self.front_written += n;
+                self.len -= n;
                 return;
             }
+            if self.segments.len() == 1 {
+                // The last segment, written to its end.
+                return self.consume_last();
+            }
             n -= left;
+            self.len -= left;
             self.front_written = 0;
-            let last = self.segments.len() == 1;
-            match self.segments.front_mut() {
-                // The last owned buffer, if small, is kept for the next
-                // replies of a busy connection: an echo would otherwise
-                // allocate and free one per write. Not on the first write
-                // after an idle period, so that a connection that says one
-                // thing (the handshake, say) and falls silent keeps nothing:
-                // freed at once, its buffer is the next connection's, where
-                // one held until the timer would scatter the heap.
-                Some(Segment::Owned(v))
-                    if last && v.capacity() <= KEEP_OWNED && self.emptied > 0 =>
-                {
-                    v.clear();
-                }
-                _ => {
-                    self.segments.pop_front();
-                }
-            }
-            if last {
-                self.emptied = self.emptied.saturating_add(1);
-            }
+            self.segments.pop_front();
         }
+    }
+
+    /// Everything was written, and it was one segment: the usual end of a
+    /// reply's or a broadcast frame's write, settled without the general
+    /// walk of [`Queue::consume`], to the same effect.
+    #[inline(always)]
+    fn consume_last(&mut self) {
+        self.len = 0;
+        self.front_written = 0;
+        match self.segments.front_mut() {
+            // The last owned buffer, if small, is kept for the next replies
+            // of a busy connection: an echo would otherwise allocate and
+            // free one per write. Not on the first write after an idle
+            // period, so that a connection that says one thing (the
+            // handshake, say) and falls silent keeps nothing: freed at once,
+            // its buffer is the next connection's, where one held until the
+            // timer would scatter the heap.
+            Some(Segment::Owned(v)) if v.capacity() <= KEEP_OWNED && self.emptied > 0 => v.clear(),
+            _ => self.segments.clear(),
+        }
+        self.emptied = self.emptied.saturating_add(1);
     }
 
     fn owned_tail(&mut self) -> &mut Vec<u8> {

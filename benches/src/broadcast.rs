@@ -40,6 +40,9 @@ pub struct Load {
     pub size: usize,
     /// The protocol.
     pub protocol: Protocol,
+    /// Publish this many messages in all, then wait for every delivery (no
+    /// warm-up, no window): a fixed amount of work, for instruction counts.
+    pub count: Option<u64>,
 }
 
 /// Largest reply payload inspected; messages are far smaller.
@@ -68,16 +71,19 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
         wire::masked_frame(TEXT, json.as_bytes())
     };
     let publishers = load.publishers.min(clients.len());
+    let limit = load.count.unwrap_or(u64::MAX);
     let mut outstanding = vec![0usize; publishers];
     let mut published: u64 = 0;
     for (p, c) in clients.iter_mut().take(publishers).enumerate() {
-        for _ in 0..load.depth {
+        while outstanding[p] < load.depth && published < limit {
             c.queue(&message(p));
+            outstanding[p] += 1;
             published += 1;
         }
-        outstanding[p] = load.depth;
         c.flush()?;
     }
+    // A counted run may be under an instruction counter, many times slower.
+    let drain_for = secs(if load.count.is_some() { 300 } else { 10 });
     let finder = memmem::Finder::new(br#""text":""#);
     let mut latency = Histogram::<u64>::new(3).expect("3 significant digits is valid");
     let mut delivered: u64 = 0;
@@ -85,9 +91,13 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
     let mut drain_deadline = None;
     window.begin()?;
     loop {
-        if publishing && window.tick(delivered)? {
+        let enough = match load.count {
+            Some(n) => published >= n,
+            None => window.tick(delivered)?,
+        };
+        if publishing && enough {
             publishing = false;
-            drain_deadline = Some(Instant::now() + secs(10));
+            drain_deadline = Some(Instant::now() + drain_for);
         }
         let expected = published * clients.len() as u64;
         if !publishing
@@ -97,7 +107,7 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
         }
         poll.poll(&mut events, Some(Duration::from_millis(50)))?;
         let now_ns = base.elapsed().as_nanos() as u64;
-        let measuring = publishing && window.measuring();
+        let measuring = publishing && (window.measuring() || load.count.is_some());
         for event in events.iter() {
             let i = event.token().0;
             let c = &mut clients[i];
@@ -143,7 +153,7 @@ pub fn run(target: &Target, load: &Load, window: &mut Window) -> io::Result<Repo
             }
             if i < publishers {
                 outstanding[i] -= own.min(outstanding[i]);
-                while publishing && outstanding[i] < load.depth {
+                while publishing && outstanding[i] < load.depth && published < limit {
                     c.queue(&message(i));
                     outstanding[i] += 1;
                     published += 1;

@@ -10,12 +10,19 @@ use crate::net::{Client, Phase, Read_, Target};
 use crate::report::{Report, Window};
 use crate::wire::{self, CLOSE};
 
-/// Runs `concurrency` clients in a loop of connect, upgrade, close.
+/// Runs `concurrency` clients in a loop of connect, upgrade, close; with
+/// `count`, until that many handshakes have ended (the clients still in
+/// flight are dropped then, at most `concurrency`).
 ///
 /// # Errors
 ///
 /// When the poller fails, or no connection can be made at all.
-pub fn run(target: &Target, concurrency: usize, window: &mut Window) -> io::Result<Report> {
+pub fn run(
+    target: &Target,
+    concurrency: usize,
+    count: Option<u64>,
+    window: &mut Window,
+) -> io::Result<Report> {
     let mut poll = Poll::new()?;
     let request = wire::upgrade_request(&target.addr.to_string(), &target.path);
     let close = wire::close_frame();
@@ -39,7 +46,14 @@ pub fn run(target: &Target, concurrency: usize, window: &mut Window) -> io::Resu
     let mut completed: u64 = 0;
     let mut failed: u64 = 0;
     window.begin()?;
-    while !window.tick(completed)? {
+    loop {
+        let done = match count {
+            Some(n) => completed + failed >= n,
+            None => window.tick(completed)?,
+        };
+        if done {
+            break;
+        }
         poll.poll(&mut events, Some(Duration::from_millis(50)))?;
         for event in events.iter() {
             let slot = event.token().0;

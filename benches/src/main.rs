@@ -100,12 +100,21 @@ enum Mode {
         /// How members join and what they receive.
         #[arg(long, value_enum, default_value = "chat")]
         protocol: broadcast::Protocol,
+        /// Publish this many messages in all, then wait for every delivery
+        /// (no warm-up, no window): a fixed amount of work, for counting
+        /// instructions.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Connect, upgrade, close, over and over.
     Handshakes {
         /// Clients doing so at once.
         #[arg(short = 'c', long, default_value_t = 50)]
         concurrency: usize,
+        /// Stop after this many handshakes (no warm-up, no window): a fixed
+        /// amount of work, for counting instructions.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// N idle connections; the server's RSS per connection.
     Idle {
@@ -156,6 +165,7 @@ fn main() -> ExitCode {
             depth,
             size,
             protocol,
+            count,
         } => broadcast::run(
             &target,
             &broadcast::Load {
@@ -164,10 +174,13 @@ fn main() -> ExitCode {
                 depth: depth.max(1),
                 size,
                 protocol,
+                count,
             },
             &mut window,
         ),
-        Mode::Handshakes { concurrency } => handshakes::run(&target, concurrency, &mut window),
+        Mode::Handshakes { concurrency, count } => {
+            handshakes::run(&target, concurrency, count, &mut window)
+        }
         Mode::Idle { connections } => idle::run(&target, connections, window.server()),
     };
     match result {

@@ -60,9 +60,9 @@ fn run(stream: &[u8], plan: &[usize], max: usize) -> Vec<Seen> {
                     }
                     Seen::Message(kind, bytes)
                 }
-                Event::Ping(p) => Seen::Ping(p.as_slice().to_vec()),
-                Event::Pong(p) => Seen::Pong(p.as_slice().to_vec()),
-                Event::Close(p) => Seen::Close(p.as_slice().to_vec()),
+                Event::Ping(p) => Seen::Ping(decoder.control_payload(&piece, &p).to_vec()),
+                Event::Pong(p) => Seen::Pong(decoder.control_payload(&piece, &p).to_vec()),
+                Event::Close(p) => Seen::Close(decoder.control_payload(&piece, &p).to_vec()),
             });
         }
         assert_eq!(pos, piece.len(), "the decoder uses all input");

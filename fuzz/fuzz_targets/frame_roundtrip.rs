@@ -252,9 +252,9 @@ fn decode_all(stream: &[u8], cuts: &[u8], max: usize) -> Vec<Seen> {
                     };
                     Seen::Message(kind, bytes)
                 }
-                Event::Ping(p) => Seen::Ping(p.as_slice().to_vec()),
-                Event::Pong(p) => Seen::Pong(p.as_slice().to_vec()),
-                Event::Close(p) => Seen::Close(p.as_slice().to_vec()),
+                Event::Ping(p) => Seen::Ping(decoder.control_payload(&piece, &p).to_vec()),
+                Event::Pong(p) => Seen::Pong(decoder.control_payload(&piece, &p).to_vec()),
+                Event::Close(p) => Seen::Close(decoder.control_payload(&piece, &p).to_vec()),
             });
         }
         assert_eq!(pos, piece.len());
