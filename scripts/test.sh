@@ -42,9 +42,11 @@ CHROMIUM_BIN="/usr/bin/chromium"
 CURRENT_STEP="setup"
 SUITE_START=$SECONDS
 
+# Each section header says how long the run has taken so far (bash's
+# SECONDS counts from the script's start).
 section() {
     CURRENT_STEP="$*"
-    printf '\n==> %s\n' "$*"
+    printf '\n==> %s  [%dm%02ds]\n' "$*" $((SECONDS / 60)) $((SECONDS % 60))
 }
 
 # An EXIT trap (rather than ERR) also sees failures inside functions.
