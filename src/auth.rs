@@ -48,6 +48,9 @@ pub enum AuthError {
     /// More than one `token` query parameter: which one a proxy in front
     /// checked is unknown, so neither is taken.
     RepeatedToken,
+    /// A bearer token and a different `token` query parameter: as above,
+    /// which one a proxy checked is unknown, so neither is taken.
+    ConflictingTokens,
 }
 
 impl AuthError {
@@ -62,6 +65,9 @@ impl AuthError {
             AuthError::Expired => "token expired",
             AuthError::NotYetValid => "token not yet valid",
             AuthError::RepeatedToken => "more than one token query parameter",
+            AuthError::ConflictingTokens => {
+                "different tokens in the Authorization header and the query"
+            }
         }
     }
 }
@@ -233,15 +239,17 @@ fn signature_len(token: &[u8]) -> usize {
     token.iter().rev().take_while(|&&b| b != b'.').count() + 1
 }
 
-/// The token a request carries: `Authorization: Bearer <token>` first,
-/// else the `token` query parameter (browsers cannot set headers on a
+/// The token a request carries, in `Authorization: Bearer <token>` or in
+/// the `token` query parameter (browsers cannot set headers on a
 /// WebSocket). Tokens are base64url and dots, which a query never needs to
 /// percent-encode, so the parameter is taken as it is.
 ///
 /// # Errors
 ///
 /// [`AuthError::RepeatedToken`] when the query names `token` twice,
-/// whether or not the header carries one.
+/// whether or not the header carries one, and
+/// [`AuthError::ConflictingTokens`] when the header and the query carry
+/// different tokens.
 pub fn token_in<'a>(request: &Request<'a>) -> Result<Option<&'a [u8]>, AuthError> {
     let mut in_query = request
         .query
@@ -260,9 +268,12 @@ pub fn token_in<'a>(request: &Request<'a>) -> Result<Option<&'a [u8]>, AuthError
             .eq_ignore_ascii_case(b"bearer")
             .then(|| rest.trim_ascii())
     });
-    Ok(bearer
-        .filter(|t| !t.is_empty())
-        .or_else(|| from_query.filter(|t| !t.is_empty()).map(str::as_bytes)))
+    let bearer = bearer.filter(|t| !t.is_empty());
+    let from_query = from_query.filter(|t| !t.is_empty()).map(str::as_bytes);
+    match (bearer, from_query) {
+        (Some(h), Some(q)) if h != q => Err(AuthError::ConflictingTokens),
+        (h, q) => Ok(h.or(q)),
+    }
 }
 
 #[cfg(test)]
@@ -381,7 +392,9 @@ mod tests {
         let req = |s: &'static str| parse_request(s.as_bytes()).unwrap().unwrap().0;
         let r = req("GET /?a=1&token=abc HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(token_in(&r), Ok(Some(&b"abc"[..])));
-        let r = req("GET /?token=q HTTP/1.1\r\nHost: x\r\nAuthorization: bearer  h \r\n\r\n");
+        let r = req("GET /?token=h HTTP/1.1\r\nHost: x\r\nAuthorization: bearer  h \r\n\r\n");
+        assert_eq!(token_in(&r), Ok(Some(&b"h"[..])));
+        let r = req("GET /?token= HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer h\r\n\r\n");
         assert_eq!(token_in(&r), Ok(Some(&b"h"[..])));
         let r = req("GET /?tokens=q HTTP/1.1\r\nHost: x\r\nAuthorization: Basic h\r\n\r\n");
         assert_eq!(token_in(&r), Ok(None));
@@ -403,5 +416,14 @@ mod tests {
         let v = Verifier::new(b"k");
         let r = req("GET /?token=a&token=b HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(v.check_request(&r, 0), Err(AuthError::RepeatedToken));
+    }
+
+    #[test]
+    fn different_tokens_in_header_and_query_are_refused() {
+        let req = |s: &'static str| parse_request(s.as_bytes()).unwrap().unwrap().0;
+        let r = req("GET /?token=q HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer h\r\n\r\n");
+        assert_eq!(token_in(&r), Err(AuthError::ConflictingTokens));
+        let v = Verifier::new(b"k");
+        assert_eq!(v.check_request(&r, 0), Err(AuthError::ConflictingTokens));
     }
 }

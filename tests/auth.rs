@@ -291,6 +291,16 @@ fn a_second_origin_or_token_is_refused_not_ignored() {
         try_upgrade(server.addr, &twice, &[origin]),
         "more than one token query parameter",
     );
+    // A header and a query that disagree: neither is taken. The same token
+    // in both is no contradiction.
+    let other = token(json!({"exp": unix_now() + 601}));
+    let t_bearer = bearer(&t);
+    let header = ("Authorization", t_bearer.as_str());
+    assert_401(
+        try_upgrade(server.addr, &format!("/?token={other}"), &[origin, header]),
+        "different tokens in the Authorization header and the query",
+    );
+    assert!(try_upgrade(server.addr, &format!("/?token={t}"), &[origin, header]).is_ok());
 }
 
 #[test]
