@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::Identity;
 use crate::backplane::wire::{self, Body};
-use crate::backplane::{Backplane, Event, RemoteCounts};
+use crate::backplane::{Backplane, Distrusted, Event, RemoteCounts};
 use crate::clock::{ClientId, IdRng, Timestamp};
 use crate::frame::{encode_header, OpCode};
 use crate::metrics::{Histogram, FANOUT_BOUNDS};
@@ -220,6 +220,11 @@ impl Chat {
     /// Joins refused so far by a room limit or a token's `rooms` claim.
     pub fn joins_refused(&self) -> u64 {
         self.joins_refused
+    }
+
+    /// Other instances' counts not taken as they came, so far.
+    pub fn remote_distrusted(&self) -> Distrusted {
+        self.remote.distrusted()
     }
 
     /// The room table.

@@ -383,6 +383,7 @@ impl<S: Transport> Engine<S> {
             draining: self.shutting_down,
             fanout: self.chat.fanout(),
             joins_refused: self.chat.joins_refused(),
+            remote_distrusted: self.chat.remote_distrusted(),
         })
     }
 

@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::backplane::Distrusted;
+
 /// Why an upgrade (or a request that failed to parse) was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -184,6 +186,9 @@ pub struct Gauges<'a> {
     /// Joins refused by a room limit or a token's `rooms` claim (a
     /// counter the app keeps).
     pub joins_refused: u64,
+    /// Other instances' member counts not taken as they came (counters
+    /// the backplane keeps).
+    pub remote_distrusted: Distrusted,
 }
 
 impl Metrics {
@@ -339,6 +344,21 @@ impl Metrics {
             let n = self.refusals(why);
             let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", why.label());
         }
+        let name = "roomcast_backplane_counts_distrusted_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Other instances' member counts not taken as sent: capped at \
+             the room member limit, or dropped for an impossible name or a full table.\n\
+             # TYPE {name} counter"
+        );
+        let d = g.remote_distrusted;
+        for (action, n) in [
+            ("capped", d.capped),
+            ("dropped_bad_name", d.bad_name),
+            ("dropped_table_full", d.table_full),
+        ] {
+            let _ = writeln!(out, "{name}{{action=\"{action}\"}} {n}");
+        }
         g.fanout.render(
             &mut out,
             "roomcast_broadcast_fanout",
@@ -423,7 +443,12 @@ mod tests {
             draining: false,
             fanout: &fanout,
             joins_refused: 0,
+            remote_distrusted: Distrusted {
+                capped: 4,
+                ..Distrusted::default()
+            },
         });
+        assert!(text.contains("roomcast_backplane_counts_distrusted_total{action=\"capped\"} 4\n"));
         assert!(text.contains("roomcast_handshake_failures_total{reason=\"auth\"} 1\n"));
         assert!(text.contains("roomcast_websockets_closed_total{code=\"1000\"} 2\n"));
         assert!(text.contains("roomcast_loop_iteration_seconds_bucket{le=\"0.0025\"} 1\n"));

@@ -686,4 +686,34 @@ fn counts_from_redis_are_bounded() {
     let notice = expect_next(&mut a, "user_left");
     assert_eq!(notice["userCount"], 1 + 2, "{notice}");
     assert_eq!(server.health()["status"], "healthy");
+
+    // A name no room can have is dropped too; /metrics counts all three:
+    // the capped count, the flood's last room and the late pair, the name.
+    let long = "r".repeat(257);
+    publish(
+        &redis.url(),
+        "roomcast:nodes",
+        format!("Slong\n[[\"{long}\",1]]").as_bytes(),
+    );
+    let name = "roomcast_backplane_counts_distrusted_total";
+    let deadline = Instant::now() + SPREAD;
+    let metrics = loop {
+        let m = scrape(server.addr);
+        if m[&format!("{name}{{action=\"dropped_bad_name\"}}")] == 1.0 || Instant::now() > deadline
+        {
+            break m;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    for (action, want) in [
+        ("capped", 1.0),
+        ("dropped_table_full", 2.0),
+        ("dropped_bad_name", 1.0),
+    ] {
+        assert_eq!(
+            metrics[&format!("{name}{{action=\"{action}\"}}")],
+            want,
+            "{action}"
+        );
+    }
 }

@@ -11,7 +11,8 @@
 //! table holds at most [`MAX_ENTRIES`] (node, room) counts. Past that, news
 //! of a new pair is dropped, so those members are missing from `userCount`
 //! until entries are freed, while counts already held are still updated
-//! and removed. Each of these is logged once, as a warning.
+//! and removed. Each of these is logged once, as a warning, and counted
+//! in [`Distrusted`] for `/metrics`.
 
 use std::collections::HashMap;
 
@@ -24,6 +25,17 @@ use crate::log;
 /// name and 81 of node id each, the table stays within about 50 MB.
 pub const MAX_ENTRIES: usize = 100_000;
 
+/// News of other nodes' counts not taken as it came, since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Distrusted {
+    /// Counts above the ceiling, taken as the ceiling.
+    pub capped: u64,
+    /// News naming a room or node longer than any can be, dropped.
+    pub bad_name: u64,
+    /// News of a new (node, room) pair while the table was full, dropped.
+    pub table_full: u64,
+}
+
 /// Room name to the other nodes' member counts there.
 #[derive(Debug)]
 pub struct RemoteCounts {
@@ -32,8 +44,7 @@ pub struct RemoteCounts {
     entries: usize,
     /// The largest count believed for one node in one room.
     ceiling: u32,
-    warned_ceiling: bool,
-    warned_full: bool,
+    distrusted: Distrusted,
 }
 
 impl Default for RemoteCounts {
@@ -42,8 +53,7 @@ impl Default for RemoteCounts {
             rooms: HashMap::new(),
             entries: 0,
             ceiling: u32::MAX,
-            warned_ceiling: false,
-            warned_full: false,
+            distrusted: Distrusted::default(),
         }
     }
 }
@@ -77,6 +87,11 @@ impl RemoteCounts {
         self.entries == 0
     }
 
+    /// News not taken as it came, so far.
+    pub fn distrusted(&self) -> Distrusted {
+        self.distrusted
+    }
+
     /// Records that `node` has `count` members in `room`, within the
     /// bounds in the module's description.
     pub fn set(&mut self, room: &str, node: &str, count: u32) {
@@ -85,6 +100,7 @@ impl RemoteCounts {
         }
         // No local room has such a name, and no instance such an id.
         if room.len() > MAX_ROOM_ID_BYTES || node.len() > MAX_NODE_ID_BYTES {
+            self.distrusted.bad_name += 1;
             return;
         }
         let count = self.believable(count, room, node);
@@ -97,8 +113,8 @@ impl RemoteCounts {
             return;
         }
         if self.entries >= MAX_ENTRIES {
-            if !self.warned_full {
-                self.warned_full = true;
+            self.distrusted.table_full += 1;
+            if self.distrusted.table_full == 1 {
                 log::warning(
                     "backplane: remote counts table full; news of further rooms dropped",
                     &[
@@ -123,8 +139,8 @@ impl RemoteCounts {
         if count <= self.ceiling {
             return count;
         }
-        if !self.warned_ceiling {
-            self.warned_ceiling = true;
+        self.distrusted.capped += 1;
+        if self.distrusted.capped == 1 {
             log::warning(
                 "backplane: another instance reports more members in a room than one instance may hold; taken as the limit",
                 &[
@@ -226,6 +242,7 @@ mod tests {
         c.set("r", "b", 1_001);
         c.set("r", "c", 1_000);
         assert_eq!(c.total("r"), 3_000);
+        assert_eq!(c.distrusted().capped, 2);
         c.set("r", "a", 2);
         assert_eq!(c.total("r"), 2_002);
         c.replace_all(&vec![("x".into(), vec![("q".into(), 4_000_000_000)])]);
@@ -247,6 +264,7 @@ mod tests {
         c.set(&long_room, "a", 1);
         c.set("r", &long_node, 1);
         assert!(c.is_empty());
+        assert_eq!(c.distrusted().bad_name, 2);
         c.set(
             &"r".repeat(MAX_ROOM_ID_BYTES),
             &"n".repeat(MAX_NODE_ID_BYTES),
@@ -270,6 +288,7 @@ mod tests {
         c.set("new", "b", 5);
         c.set(first, "a", 7);
         assert_eq!((c.total("new"), c.total(first)), (0, 7));
+        assert_eq!(c.distrusted().table_full, 11);
         // Room again once entries are freed.
         c.set(first, "a", 0);
         c.set("new", "b", 5);

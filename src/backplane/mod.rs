@@ -25,7 +25,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use counts::RemoteCounts;
+pub use counts::{Distrusted, RemoteCounts};
 
 use crate::clock::{ClientId, IdRng};
 
