@@ -162,8 +162,28 @@ def backplane_wire():
     write("backplane_wire", "heartbeat", b"Hnode\n")
 
 
+def token():
+    # Shape 1: a header and claims, which the target signs.
+    hs256 = b'{"alg":"HS256","typ":"JWT"}'
+    write("token", "signed", b"\x01" + hs256 + b'\x00{"exp":1800000000,"sub":"ann","rooms":["lobby","team-*"]}')
+    write("token", "signed-nbf", b"\x01" + hs256 + b'\x00{"exp":1800000000,"nbf":1699999990}')
+    write("token", "signed-expired", b"\x01" + hs256 + b'\x00{"exp":1699999970.5}')
+    write("token", "signed-no-exp", b"\x01" + hs256 + b'\x00{"sub":"ann"}')
+    write("token", "signed-array", b"\x01" + hs256 + b'\x00[1800000000,null,"ann",null]')
+    write("token", "alg-none", b'\x01{"alg":"none"}\x00{"exp":1800000000}')
+    # Shape 0: a token as it came (RFC 7515 A.1's example, another key).
+    write("token", "raw", b"\x00eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9."
+          b"eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ."
+          b"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+    # Shape 2: request heads carrying tokens.
+    write("token", "request-both", b"\x02GET /?room=a&token=aa.bb.cc HTTP/1.1\r\nHost: x\r\n"
+          b"Authorization: Bearer aa.bb.cc\r\n\r\n")
+    write("token", "request-twice", b"\x02GET /?token=a&token=b HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
 def main():
     backplane_wire()
+    token()
     handshake()
     frames()
     utf8()

@@ -25,7 +25,7 @@ shift || true
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(handshake frame frame_roundtrip utf8 close_payload chat connection backplane_wire)
+    targets=(handshake frame frame_roundtrip utf8 close_payload chat connection backplane_wire token)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -192,8 +192,7 @@ impl Verifier {
             return Err(AuthError::Malformed);
         };
         let header = BASE64URL.decode(header).map_err(|_| AuthError::Malformed)?;
-        let header: Header<'_> =
-            serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
+        let header: Header<'_> = json_object(&header)?;
         // RFC 8725 3.1: use only the algorithm configured, never the one
         // the token names.
         if header.alg.as_deref() != Some("HS256") {
@@ -212,7 +211,7 @@ impl Verifier {
         let claims = BASE64URL
             .decode(payload)
             .map_err(|_| AuthError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&claims).map_err(|_| AuthError::Malformed)?;
+        let claims: Claims = json_object(&claims)?;
         let now = now_secs as f64;
         let leeway = LEEWAY_SECS as f64;
         let exp = claims.exp.ok_or(AuthError::NoExpiry)?;
@@ -232,6 +231,16 @@ impl Verifier {
             rooms: claims.rooms.as_deref().map(RoomGrant::new),
         })
     }
+}
+
+/// Reads a JOSE header or a claims set, which RFC 7519 7.2 (steps 3 and 10)
+/// requires to be a JSON object. serde's derived structs take a JSON array
+/// as well, field by field, so that is refused first.
+fn json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, AuthError> {
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AuthError::Malformed);
+    }
+    serde_json::from_slice(json).map_err(|_| AuthError::Malformed)
 }
 
 /// Bytes of the last part of `token`, after its final dot.
@@ -322,6 +331,20 @@ mod tests {
             Verifier::new(b"other").verify(token.as_bytes(), 0),
             Err(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_header_or_claims_set_that_is_an_array_is_malformed() {
+        // Found by the token fuzz target: serde's derived structs also read
+        // a JSON array field by field, so `[2000,null,"ann",null]` passed as
+        // claims with an exp, and `["HS256"]` as a header.
+        let v = Verifier::new(b"s3cret");
+        let claims = sign(b"s3cret", HS256, r#"[2000,null,"ann",null]"#);
+        assert_eq!(v.verify(claims.as_bytes(), 1000), Err(AuthError::Malformed));
+        let header = sign(b"s3cret", r#" ["HS256"]"#, r#"{"exp":2000}"#);
+        assert_eq!(v.verify(header.as_bytes(), 1000), Err(AuthError::Malformed));
+        let spaced = sign(b"s3cret", r#" {"alg":"HS256"}"#, "\n{\"exp\":2000}");
+        assert!(v.verify(spaced.as_bytes(), 1000).is_ok());
     }
 
     #[test]
