@@ -234,13 +234,15 @@ impl Verifier {
 }
 
 /// Reads a JOSE header or a claims set, which RFC 7519 7.2 (steps 3 and 10)
-/// requires to be a JSON object. serde's derived structs take a JSON array
-/// as well, field by field, so that is refused first.
+/// requires to be a JSON object, and JSON is UTF-8 (RFC 8259 8.1). serde's
+/// derived structs take a JSON array as well, field by field, and
+/// serde_json checks only the strings it keeps, so both are checked first.
 fn json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, AuthError> {
-    if json.trim_ascii_start().first() != Some(&b'{') {
+    let json = std::str::from_utf8(json).map_err(|_| AuthError::Malformed)?;
+    if !json.trim_ascii_start().starts_with('{') {
         return Err(AuthError::Malformed);
     }
-    serde_json::from_slice(json).map_err(|_| AuthError::Malformed)
+    serde_json::from_str(json).map_err(|_| AuthError::Malformed)
 }
 
 /// Bytes of the last part of `token`, after its final dot.
@@ -345,6 +347,29 @@ mod tests {
         assert_eq!(v.verify(header.as_bytes(), 1000), Err(AuthError::Malformed));
         let spaced = sign(b"s3cret", r#" {"alg":"HS256"}"#, "\n{\"exp\":2000}");
         assert!(v.verify(spaced.as_bytes(), 1000).is_ok());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_in_an_ignored_field_are_malformed() {
+        // Found by the token fuzz target: serde_json skips a field it does
+        // not keep without checking its bytes, so a header with `"typ"`
+        // holding 0xFF passed, though it is not JSON (RFC 8259 8.1).
+        let sign_bytes = |header: &[u8], claims: &[u8]| {
+            let signed = format!("{}.{}", BASE64URL.encode(header), BASE64URL.encode(claims));
+            let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+            mac.update(signed.as_bytes());
+            format!("{signed}.{}", BASE64URL.encode(mac.finalize().into_bytes()))
+        };
+        let v = Verifier::new(b"s3cret");
+        let header = sign_bytes(
+            b"{\"alg\":\"HS256\",\"typ\":\"Z\xff\xffW\"}",
+            b"{\"exp\":2000}",
+        );
+        assert_eq!(v.verify(header.as_bytes(), 1000), Err(AuthError::Malformed));
+        let claims = sign_bytes(HS256.as_bytes(), b"{\"exp\":2000,\"iss\":\"\xe4\xe4\"}");
+        assert_eq!(v.verify(claims.as_bytes(), 1000), Err(AuthError::Malformed));
+        let fine = sign_bytes(HS256.as_bytes(), "{\"exp\":2000,\"iss\":\"é\"}".as_bytes());
+        assert!(v.verify(fine.as_bytes(), 1000).is_ok());
     }
 
     #[test]
