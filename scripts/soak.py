@@ -5,7 +5,9 @@
     target/venv/bin/python scripts/soak.py --binary ... --duration 20   # the CI form
 
 Starts the binary on a free loopback port and runs --rounds rounds (2) of this mix, all
-at once, splitting --duration seconds of traffic (60) between them:
+at once, splitting --duration seconds of traffic (60) between them: --connections (5,000)
+chatters and idle clients, connected throughout, and about 9 % more misbehaving ones
+that come and go on top, so that the server holds at least --connections at its peak:
 
   chatters    in --rooms rooms, each sending a numbered message every few seconds
   idle        connected and silent
@@ -18,6 +20,7 @@ at once, splitting --duration seconds of traffic (60) between them:
 The clients use the `websockets` package (an independent implementation) for the
 WebSocket side and plain sockets for the misbehaving ones. The run fails unless:
 
+  * the server held at least --connections connections at its peak;
   * every chatter received every message of every chatter in its room, in order;
   * the server's peak RSS stayed under --rss-bound-mib;
   * once each round's clients have gone, the server holds as many file descriptors as
@@ -427,6 +430,8 @@ async def flooder(addr, c, idx, stop):
 # ------------------------------------------------------------------ the run
 
 def make_mix(n):
+    """n steady clients (chatters and idle ones), connected from the ramp to the end,
+    and the misbehaving ones on top, which come and go."""
     mix = {
         "chatters": n // 5,
         "stalled": max(1, n // 100),
@@ -435,7 +440,7 @@ def make_mix(n):
         "flooders": max(1, n // 100),
         "churn": max(1, n // 25),
     }
-    mix["idle"] = n - sum(mix.values())
+    mix["idle"] = n - mix["chatters"]
     return mix
 
 
@@ -621,6 +626,8 @@ def check(args, server, result):
         expect(f"{reason} failures", failed(reason), 0)
 
     peak_conns = max(r["peak_conns"] for r in rounds)
+    if peak_conns < args.connections:
+        failures.append(f"peak connections {peak_conns:.0f} under --connections {args.connections}")
     log(f"clients: {c.upgrades} upgrades, {c.chat_sent} chat messages, "
         f"{c.churn_cycles} churn cycles, {c.slowloris} slowloris heads timed out, "
         f"{c.garbage_http}+{c.garbage_ws} garbage, {c.flood_closed} flooders closed "
