@@ -234,12 +234,18 @@ impl Verifier {
 }
 
 /// Reads a JOSE header or a claims set, which RFC 7519 7.2 (steps 3 and 10)
-/// requires to be a JSON object, and JSON is UTF-8 (RFC 8259 8.1). serde's
-/// derived structs take a JSON array as well, field by field, and
-/// serde_json checks only the strings it keeps, so both are checked first.
+/// requires to be a JSON object, and JSON is UTF-8 (RFC 8259 8.1).
+///
+/// serde's derived structs take a JSON array as well, field by field, and
+/// skip the fields they do not keep without reading their strings: bytes
+/// that are not UTF-8, or a lone surrogate escape (`"\ud800"`, whose
+/// meaning RFC 8259 8.2 leaves unpredictable), would pass there. So the
+/// whole text is first read as a `Value`, which refuses both, and must be
+/// an object; a token is small, and this is done once per upgrade.
 fn json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, AuthError> {
     let json = std::str::from_utf8(json).map_err(|_| AuthError::Malformed)?;
-    if !json.trim_ascii_start().starts_with('{') {
+    let whole: serde_json::Value = serde_json::from_str(json).map_err(|_| AuthError::Malformed)?;
+    if !whole.is_object() {
         return Err(AuthError::Malformed);
     }
     serde_json::from_str(json).map_err(|_| AuthError::Malformed)
@@ -350,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_that_are_not_utf8_in_an_ignored_field_are_malformed() {
+    fn an_ignored_field_that_is_not_utf8_or_has_a_lone_surrogate_is_malformed() {
         // Found by the token fuzz target: serde_json skips a field it does
         // not keep without checking its bytes, so a header with `"typ"`
         // holding 0xFF passed, though it is not JSON (RFC 8259 8.1).
@@ -368,7 +374,17 @@ mod tests {
         assert_eq!(v.verify(header.as_bytes(), 1000), Err(AuthError::Malformed));
         let claims = sign_bytes(HS256.as_bytes(), b"{\"exp\":2000,\"iss\":\"\xe4\xe4\"}");
         assert_eq!(v.verify(claims.as_bytes(), 1000), Err(AuthError::Malformed));
-        let fine = sign_bytes(HS256.as_bytes(), "{\"exp\":2000,\"iss\":\"é\"}".as_bytes());
+        // Found by the same target next: a lone surrogate escape in a field
+        // roomcast ignores was skipped unread.
+        let surrogate = sign_bytes(br#"{"alg":"HS256","typ":"JWT\ud800"}"#, b"{\"exp\":2000}");
+        assert_eq!(
+            v.verify(surrogate.as_bytes(), 1000),
+            Err(AuthError::Malformed)
+        );
+        let fine = sign_bytes(
+            HS256.as_bytes(),
+            "{\"exp\":2000,\"iss\":\"é\\ud83d\\ude00\"}".as_bytes(),
+        );
         assert!(v.verify(fine.as_bytes(), 1000).is_ok());
     }
 
