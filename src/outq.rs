@@ -501,21 +501,13 @@ mod tests {
                 assert!(kept >= reply.len(), "round {round}: kept {kept}");
             }
         }
-        let before = q
-            .queue
-            .as_ref()
-            .unwrap()
-            .segments
-            .front()
-            .map(|s| s.bytes().as_ptr());
+        let front = |q: &OutQueue| {
+            let queue = q.queue.as_ref().expect("busy");
+            queue.segments.front().map(|s| s.bytes().as_ptr())
+        };
+        let before = front(&q);
         q.push_bytes(&reply);
-        let after = q
-            .queue
-            .as_ref()
-            .unwrap()
-            .segments
-            .front()
-            .map(|s| s.bytes().as_ptr());
+        let after = front(&q);
         assert_eq!(
             before, after,
             "the next reply is written into the same buffer"
