@@ -11,6 +11,7 @@ use std::fmt;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -139,9 +140,8 @@ impl fmt::Debug for Verifier {
 }
 
 #[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(borrow)]
-    alg: Option<std::borrow::Cow<'a, str>>,
+struct Header {
+    alg: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -192,7 +192,7 @@ impl Verifier {
             return Err(AuthError::Malformed);
         };
         let header = BASE64URL.decode(header).map_err(|_| AuthError::Malformed)?;
-        let header: Header<'_> = json_object(&header)?;
+        let header: Header = json_object(&header)?;
         // RFC 8725 3.1: use only the algorithm configured, never the one
         // the token names.
         if header.alg.as_deref() != Some("HS256") {
@@ -236,19 +236,20 @@ impl Verifier {
 /// Reads a JOSE header or a claims set, which RFC 7519 7.2 (steps 3 and 10)
 /// requires to be a JSON object, and JSON is UTF-8 (RFC 8259 8.1).
 ///
-/// serde's derived structs take a JSON array as well, field by field, and
-/// skip the fields they do not keep without reading their strings: bytes
-/// that are not UTF-8, or a lone surrogate escape (`"\ud800"`, whose
-/// meaning RFC 8259 8.2 leaves unpredictable), would pass there. So the
-/// whole text is first read as a `Value`, which refuses both, and must be
-/// an object; a token is small, and this is done once per upgrade.
-fn json_object<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, AuthError> {
-    let json = std::str::from_utf8(json).map_err(|_| AuthError::Malformed)?;
-    let whole: serde_json::Value = serde_json::from_str(json).map_err(|_| AuthError::Malformed)?;
+/// Read straight into a derived struct, a JSON array would pass as well,
+/// field by field, and the fields it does not keep would be skipped without
+/// reading their strings: bytes that are not UTF-8, or a lone surrogate
+/// escape (`"\ud800"`, whose meaning RFC 8259 8.2 leaves unpredictable).
+/// So the text is read whole as a `Value`, which refuses both, must be an
+/// object, and the fields are taken from it. A name given twice counts
+/// with its last value, as RFC 7515 4 allows.
+fn json_object<T: DeserializeOwned>(json: &[u8]) -> Result<T, AuthError> {
+    let whole: serde_json::Value =
+        serde_json::from_slice(json).map_err(|_| AuthError::Malformed)?;
     if !whole.is_object() {
         return Err(AuthError::Malformed);
     }
-    serde_json::from_str(json).map_err(|_| AuthError::Malformed)
+    T::deserialize(whole).map_err(|_| AuthError::Malformed)
 }
 
 /// Bytes of the last part of `token`, after its final dot.
