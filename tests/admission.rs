@@ -16,19 +16,6 @@ fn upgrade_status(server: &Server, extra: &[(&str, &str)]) -> (u16, Option<RawWs
     }
 }
 
-/// Polls `/metrics` until `name` reads `want`.
-fn wait_metric(server: &Server, name: &str, want: f64) {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let got = scrape(server.addr).get(name).copied();
-        if got == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} is {got:?}, not {want}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn past_max_connections_is_503_with_retry_after() {
     let server = start(&["--max-connections", "3"]);
@@ -221,7 +208,7 @@ fn over_the_rate_messages_are_dropped_and_a_flood_is_closed_1008() {
     };
     assert_eq!(code, 1008);
     assert!(started.elapsed() >= Duration::from_millis(1500));
-    wait_metric(&server, "roomcast_rate_limit_closed_total", 1.0);
+    wait_metric(&server, "roomcast_rate_limit_closed_total", 1.0, STEP);
     // The other member is told, and nothing of the flood beyond the rate reached it.
     let deadline = Instant::now() + STEP;
     loop {

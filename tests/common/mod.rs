@@ -1048,6 +1048,20 @@ pub fn try_upgrade(
     Err(resp)
 }
 
+/// Polls `/metrics` until the sample `name` (labels included, as written) reads `want`,
+/// failing after `within`.
+pub fn wait_metric(server: &Server, name: &str, want: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = scrape(server.addr).get(name).copied();
+        if got == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {got:?}, not {want}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Scrapes `/metrics` and returns each sample line's value by its name and labels, as
 /// written (`name{label="v"}`).
 pub fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
