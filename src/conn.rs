@@ -4,8 +4,9 @@
 //! clock (time arrives as `now`, milliseconds on a monotonic clock) nor the
 //! poller. The shell reads into one shared buffer and hands the bytes to
 //! [`Engine::on_input`]; the engine decodes, answers, and queues bytes on
-//! connections it marks dirty; the shell then calls [`Engine::flush`], which
-//! writes each dirty connection once, and removes what [`Engine::take_doomed`]
+//! connections it marks dirty (a large echo reply it writes at once: see
+//! [`WRITE_THROUGH`]); the shell then calls [`Engine::flush`], which writes
+//! each dirty connection once, and removes what [`Engine::take_doomed`]
 //! lists.
 //!
 //! A WebSocket goes Handshake -> Open -> (Closing ->) Finished -> removed:
@@ -24,7 +25,10 @@ use crate::chat::{Chat, Member, Outbox, RoomLimits};
 use crate::clock::{self, IdRng};
 use crate::close::{parse_close_payload, CloseCode, PeerClose};
 use crate::cloudrun::Deployment;
-use crate::frame::{write_close, write_frame, Decoder, Event, FrameError, OpCode, Payload};
+use crate::frame::{
+    encode_header, write_close, write_frame, Decoder, Event, FrameError, MessageKind, OpCode,
+    Payload,
+};
 use crate::gate::{Denied, Policy};
 use crate::http::{self, HttpError};
 use crate::ledger::{Closer, Ledger, ABNORMAL};
@@ -974,13 +978,13 @@ impl<S: Transport> Engine<S> {
             let Some(peer) = self.table.peers.get_mut(key) else {
                 return;
             };
-            let conn = &mut peer.conn;
-            let decoded = if conn.route == Route::Echo && conn.phase == Phase::Open {
+            let decoded = if peer.conn.route == Route::Echo && peer.conn.phase == Phase::Open {
                 let (metrics, dirty) = (&mut self.table.metrics, &mut self.table.dirty);
-                echo_run(conn, key, input, &mut pos, metrics, dirty)
+                echo_run(peer, key, input, &mut pos, metrics, dirty)
             } else {
-                conn.decoder.decode(input, &mut pos)
+                peer.conn.decoder.decode(input, &mut pos)
             };
+            let conn = &mut peer.conn;
             let event = match decoded {
                 Ok(Some(event)) => event,
                 Ok(None) => return,
@@ -1021,10 +1025,13 @@ impl<S: Transport> Engine<S> {
                     };
                     match route {
                         Route::Echo => {
-                            conn.out.push_with(|v| write_frame(v, kind.opcode(), data));
+                            let written = echo_through(&mut peer.socket, conn, kind, data);
+                            self.table.metrics.bytes_out += written as u64;
                             conn.ledger.message_out();
                             self.table.metrics.messages_out += 1;
-                            mark_dirty_conn(conn, &mut self.table.dirty, key);
+                            if !conn.out.is_empty() {
+                                mark_dirty_conn(conn, &mut self.table.dirty, key);
+                            }
                         }
                         Route::Chat => match conn.bucket.take(&self.policy.admission.rate, now) {
                             Verdict::Allow => self.chat.on_message(&mut self.table, key, data),
@@ -1155,46 +1162,90 @@ fn conn_fields(key: Key, conn: &Connection, deployment: &Deployment) -> Vec<(&'s
     fields
 }
 
-/// Echoes the whole messages that lie in `input` from `*pos` on, appending
-/// each reply to the write queue's tail as it is decoded; returns the first
-/// decoder result that is anything else (the end of the input, a control
-/// frame, a message assembled from pieces, an error).
-fn echo_run(
-    conn: &mut Connection,
+/// A reply at least this large is written to the socket as soon as it is
+/// decoded, from where it lies, rather than copied into the write queue
+/// and written at the end of the loop turn (see [`OutQueue::write_through`]).
+/// Smaller ones are gathered, so that a read of many small messages costs
+/// one write.
+const WRITE_THROUGH: usize = 16 * 1024;
+
+/// Echoes the whole messages that lie in `input` from `*pos` on: small ones
+/// appended to the write queue's tail as they are decoded, large ones
+/// written through; returns the first decoder result that is anything else
+/// (the end of the input, a control frame, a message assembled from pieces,
+/// an error).
+fn echo_run<S: Write>(
+    peer: &mut Peer<S>,
     key: Key,
     input: &mut [u8],
     pos: &mut usize,
     metrics: &mut Metrics,
     dirty: &mut Vec<Key>,
 ) -> Result<Option<Event>, FrameError> {
-    let (kind, range) = match conn.decoder.decode(input, pos) {
-        Ok(Some(Event::Message {
-            kind,
-            payload: Payload::Input(range),
-        })) => (kind, range),
-        other => return other,
-    };
-    let decoder = &mut conn.decoder;
+    let conn = &mut peer.conn;
     let mut echoed: u32 = 0;
-    let rest = conn.out.push_with(|tail| {
-        let (mut kind, mut range) = (kind, range);
-        loop {
-            write_frame(tail, kind.opcode(), &input[range]);
-            echoed += 1;
-            match decoder.decode(input, pos) {
-                Ok(Some(Event::Message {
-                    kind: next,
-                    payload: Payload::Input(at),
-                })) => (kind, range) = (next, at),
-                other => return other,
-            }
+    let mut next = conn.decoder.decode(input, pos);
+    let rest = loop {
+        let (kind, range) = match next {
+            Ok(Some(Event::Message {
+                kind,
+                payload: Payload::Input(range),
+            })) => (kind, range),
+            other => break other,
+        };
+        echoed += 1;
+        if range.len() >= WRITE_THROUGH {
+            let written = echo_through(&mut peer.socket, conn, kind, &input[range]);
+            metrics.bytes_out += written as u64;
+            next = conn.decoder.decode(input, pos);
+            continue;
         }
-    });
+        let decoder = &mut conn.decoder;
+        next = conn.out.push_with(|tail| {
+            let (mut kind, mut range) = (kind, range);
+            loop {
+                write_frame(tail, kind.opcode(), &input[range]);
+                match decoder.decode(input, pos) {
+                    Ok(Some(Event::Message {
+                        kind: next,
+                        payload: Payload::Input(at),
+                    })) if at.len() < WRITE_THROUGH => {
+                        echoed += 1;
+                        (kind, range) = (next, at);
+                    }
+                    other => return other,
+                }
+            }
+        });
+    };
     conn.ledger.echoed(echoed);
     metrics.messages_in += u64::from(echoed);
     metrics.messages_out += u64::from(echoed);
-    mark_dirty_conn(conn, dirty, key);
+    if !conn.out.is_empty() {
+        mark_dirty_conn(conn, dirty, key);
+    }
     rest
+}
+
+/// Writes one echo reply through to the socket (see [`WRITE_THROUGH`]);
+/// returns the bytes written, which it counts on the connection.
+fn echo_through(
+    socket: &mut impl Write,
+    conn: &mut Connection,
+    kind: MessageKind,
+    payload: &[u8],
+) -> usize {
+    let mut header = [0u8; 10];
+    let n = encode_header(&mut header, true, kind.opcode(), payload.len());
+    let written = if conn.has(WRITE_BLOCKED) {
+        conn.out
+            .push_with(|tail| write_frame(tail, kind.opcode(), payload));
+        0
+    } else {
+        conn.out.write_through(socket, &header[..n], payload)
+    };
+    conn.ledger.bytes_out += written as u64;
+    written
 }
 
 fn mark_dirty_conn(conn: &mut Connection, dirty: &mut Vec<Key>, key: Key) {

@@ -12,7 +12,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::close::CloseCode;
-use crate::mask::apply_mask;
+use crate::mask::{apply_mask, unmask_ascii};
 use crate::utf8::Utf8Validator;
 
 /// RFC 6455 5.5: control frames carry at most 125 bytes of payload.
@@ -545,12 +545,15 @@ impl Decoder {
                     let n = remaining.min(available as u64) as usize;
                     let chunk = &mut input[*pos..*pos + n];
                     *pos += n;
-                    apply_mask(chunk, key, usize::from(offset));
+                    let ascii = unmask_ascii(chunk, key, usize::from(offset));
                     let remaining = remaining - n as u64;
                     if opcode.is_control() {
                         self.partial.extend_from_slice(chunk);
                     } else {
+                        // ASCII after a whole code point leaves the
+                        // validator as it was.
                         if self.assembling == Some(MessageKind::Text)
+                            && !(ascii && self.utf8.is_complete())
                             && self.utf8.feed(chunk).is_err()
                         {
                             let skip = State::Skip { remaining };
@@ -703,8 +706,11 @@ impl Decoder {
                     // The common case: a whole message in one read.
                     let range = *pos..*pos + len as usize;
                     *pos = range.end;
-                    apply_mask(&mut input[range.clone()], key, 0);
-                    if kind == MessageKind::Text && !crate::utf8::is_valid(&input[range.clone()]) {
+                    let ascii = unmask_ascii(&mut input[range.clone()], key, 0);
+                    if kind == MessageKind::Text
+                        && !ascii
+                        && std::str::from_utf8(&input[range.clone()]).is_err()
+                    {
                         return Err(self.fail(FrameError::InvalidUtf8, State::Header));
                     }
                     return Ok(Some(Event::Message {

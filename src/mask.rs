@@ -47,6 +47,32 @@ pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// Bytes per step of [`unmask_ascii`]: four vector registers' worth.
+const BLOCK: usize = 64;
+
+/// [`apply_mask`], also telling whether every unmasked byte is ASCII: the
+/// check of a text message's UTF-8 then costs nothing more for ASCII text.
+///
+/// For payloads of a few hundred bytes and more. Written as plain loops
+/// over whole blocks, which the compiler turns into vector XORs and ORs; a
+/// short payload is cheaper through [`apply_mask`] and `is_ascii`.
+pub fn unmask_ascii(data: &mut [u8], key: [u8; 4], offset: usize) -> bool {
+    let turned = rotate(u32::from_ne_bytes(key), offset).to_ne_bytes();
+    let pattern: [u8; BLOCK] = std::array::from_fn(|i| turned[i & 3]);
+    let mut seen = [0u8; BLOCK];
+    let mut blocks = data.chunks_exact_mut(BLOCK);
+    for block in &mut blocks {
+        for ((byte, k), s) in block.iter_mut().zip(&pattern).zip(&mut seen) {
+            *byte ^= k;
+            *s |= *byte;
+        }
+    }
+    // The rest starts a whole number of blocks, so of keys, after `data`.
+    let rest = blocks.into_remainder();
+    apply_mask(rest, key, offset);
+    seen.iter().fold(0, |all, s| all | s) < 0x80 && rest.is_ascii()
+}
+
 /// The key, in memory order, as seen by a byte `offset` bytes into the
 /// payload: its bytes moved `offset % 4` places towards the front.
 fn rotate(key: u32, offset: usize) -> u32 {
@@ -87,6 +113,33 @@ mod tests {
                 apply_mask(&mut fast, key, offset);
                 bytewise(&mut slow, key, offset);
                 assert_eq!(fast, slow, "len {len} offset {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn unmask_ascii_unmasks_as_apply_mask_and_finds_any_high_byte() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for len in (0..300usize).chain([4096, 65_539]) {
+            for offset in 0..4 {
+                let plain: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                let mut masked = plain.clone();
+                bytewise(&mut masked, key, offset);
+                let mut fast = masked.clone();
+                assert!(unmask_ascii(&mut fast, key, offset), "len {len}");
+                assert_eq!(fast, plain, "len {len} offset {offset}");
+                // One byte with its high bit set, anywhere, is found.
+                for at in [0, len / 2, len.saturating_sub(1)]
+                    .into_iter()
+                    .filter(|&a| a < len)
+                {
+                    let mut high = plain.clone();
+                    high[at] = 0xc3;
+                    let mut data = high.clone();
+                    bytewise(&mut data, key, offset);
+                    assert!(!unmask_ascii(&mut data, key, offset), "len {len} at {at}");
+                    assert_eq!(data, high);
+                }
             }
         }
     }

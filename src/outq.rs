@@ -133,6 +133,32 @@ impl OutQueue {
         }
     }
 
+    /// Writes `head` and then `body` straight to `out` when nothing is
+    /// queued before them, and queues a copy of whatever `out` does not
+    /// take; behind queued bytes, queues a copy of both. Returns how many
+    /// bytes were written.
+    ///
+    /// For large replies, which the socket mostly takes whole: the copy into
+    /// the queue is saved, and the bytes go out while they are still in the
+    /// cache. A write error, like a full socket, queues everything; the
+    /// next [`OutQueue::flush_to`] meets it again and reports it.
+    pub fn write_through(&mut self, out: &mut impl Write, head: &[u8], body: &[u8]) -> usize {
+        let written = if self.is_empty() {
+            out.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+                .unwrap_or_default()
+        } else {
+            0
+        };
+        if written < head.len() + body.len() {
+            let queue = self.busy();
+            if written < head.len() {
+                queue.push_bytes(&head[written..]);
+            }
+            queue.push_bytes(&body[written.saturating_sub(head.len())..]);
+        }
+        written
+    }
+
     /// Frees everything an empty queue holds, at once.
     pub fn release_all(&mut self) {
         if self.is_empty() {
@@ -356,6 +382,21 @@ mod tests {
             self.budget -= n;
             Ok(n)
         }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.limit.min(self.budget);
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut total = 0;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                self.got.extend_from_slice(&buf[..n]);
+                room -= n;
+                total += n;
+            }
+            self.budget -= total;
+            Ok(total)
+        }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
@@ -380,6 +421,44 @@ mod tests {
         w.budget = 100;
         assert!(q.flush_to(&mut w).unwrap());
         assert_eq!(w.got, b"onetwoSHAREDthree");
+    }
+
+    #[test]
+    fn write_through_queues_what_the_socket_does_not_take_in_order() {
+        // A writer that takes everything, one that takes part of the head
+        // only, one that takes nothing; then bytes already queued.
+        for (limit, budget, queued_before) in [
+            (usize::MAX, usize::MAX, false),
+            (2, usize::MAX, false),
+            (9, 9, false),
+            (1, 0, false),
+            (usize::MAX, usize::MAX, true),
+        ] {
+            let mut q = OutQueue::new();
+            let mut w = Trickle {
+                got: Vec::new(),
+                limit,
+                budget,
+            };
+            if queued_before {
+                q.push_bytes(b"before|");
+            }
+            let written = q.write_through(&mut w, b"head|", b"body");
+            assert_eq!(written, w.got.len());
+            assert_eq!(q.len() + written, 9 + if queued_before { 7 } else { 0 });
+            if queued_before {
+                assert_eq!(written, 0, "nothing jumps the queue");
+            }
+            w.budget = usize::MAX;
+            w.limit = usize::MAX;
+            assert!(q.flush_to(&mut w).unwrap());
+            let expected: &[u8] = if queued_before {
+                b"before|head|body"
+            } else {
+                b"head|body"
+            };
+            assert_eq!(w.got, expected, "limit {limit}, budget {budget}");
+        }
     }
 
     #[test]

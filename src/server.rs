@@ -36,7 +36,11 @@ const BACKPLANE_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The shared read buffer. A read fills it at most once per call, so this
 /// also sets how much one connection reads before the next gets a turn.
-const READ_BUFFER: usize = 64 * 1024;
+/// Room for a few 64 KiB frames: a large message that arrives whole is
+/// unmasked and answered where it lies, while one split across reads is
+/// copied together first. One buffer serves every connection, so its size
+/// costs nothing per connection.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// Reads per readiness event before the connection waits for the next
 /// loop iteration, so one fast sender cannot starve the rest.

@@ -105,6 +105,41 @@ fn invalid_utf8_text_is_closed_with_1007() {
     let mut split = encode_frame(OP_TEXT, &[0xe2, 0x82], true);
     split.extend(encode_frame(FIN | OP_CONT, &[0x28], true));
     expect_close_for(&server, "split sequence", &split, 1007);
+    // Long text, checked a block at a time: one bad byte at the end of
+    // 64 KiB of ASCII, in one frame, and in the second half of a frame
+    // whose halves arrive apart.
+    let mut long = vec![b'a'; 65_536];
+    long[65_535] = 0xff;
+    expect_close_for(&server, "bad last byte", &masked(OP_TEXT, &long), 1007);
+    let frame = masked(OP_TEXT, &long);
+    let mut ws = RawWs::connect(server.addr, "/echo");
+    ws.send_raw(&frame[..30_000]);
+    std::thread::sleep(Duration::from_millis(50));
+    ws.send_raw(&frame[30_000..]);
+    assert_eq!(ws.expect_close(STEP), 1007, "bad byte in a later read");
+}
+
+/// Large replies are written as soon as they are decoded and small ones
+/// gathered: sent together without waiting, they still come back whole
+/// and in order.
+#[test]
+fn large_and_small_echoes_come_back_in_order() {
+    let server = start(&[]);
+    let mut c = Client::plain(&server, "/echo");
+    let mut sent = Vec::new();
+    for round in 0..8u32 {
+        sent.push(Message::text(format!("small {round}")));
+        sent.push(Message::text(format!("{round} {}", "é".repeat(50_000))));
+        sent.push(Message::binary(vec![round as u8; 65_536]));
+        sent.push(Message::text("x".repeat(20_000 + round as usize)));
+        sent.push(Message::binary(vec![round as u8; 3]));
+    }
+    for m in &sent {
+        c.send(m.clone());
+    }
+    for (i, m) in sent.iter().enumerate() {
+        assert_eq!(&c.recv_data(STEP), m, "message {i}");
+    }
 }
 
 #[test]

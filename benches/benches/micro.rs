@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use roomcast::conn::{Engine, Limits, Transport};
 use roomcast::frame::{parse_header, write_frame, OpCode};
 use roomcast::http::{accept_key, check_upgrade, parse_request};
-use roomcast::mask::apply_mask;
+use roomcast::mask::{apply_mask, unmask_ascii};
 use roomcast::slab::Key;
 use roomcast::utf8::Utf8Validator;
 
@@ -43,6 +43,11 @@ fn unmask(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(format!("{size} B"), |b| {
             b.iter(|| apply_mask(black_box(&mut data), KEY, 0))
+        });
+        // What a text frame's payload costs: unmasking and the UTF-8 check
+        // of ASCII text, in one pass.
+        group.bench_function(format!("{size} B, with ASCII check"), |b| {
+            b.iter(|| unmask_ascii(black_box(&mut data), KEY, 0))
         });
     }
     group.finish();
