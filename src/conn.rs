@@ -4,10 +4,9 @@
 //! clock (time arrives as `now`, milliseconds on a monotonic clock) nor the
 //! poller. The shell reads into one shared buffer and hands the bytes to
 //! [`Engine::on_input`]; the engine decodes, answers, and queues bytes on
-//! connections it marks dirty (a large echo reply it writes at once: see
-//! [`WRITE_THROUGH`]); the shell then calls [`Engine::flush`], which writes
-//! each dirty connection once, and removes what [`Engine::take_doomed`]
-//! lists.
+//! connections it marks dirty (echo replies it writes at once: see
+//! `echo_run`); the shell then calls [`Engine::flush`], which writes each
+//! dirty connection once, and removes what [`Engine::take_doomed`] lists.
 //!
 //! A WebSocket goes Handshake -> Open -> (Closing ->) Finished -> removed:
 //! Closing when we send the first close frame, Finished once both have.
@@ -26,8 +25,8 @@ use crate::clock::{self, IdRng};
 use crate::close::{parse_close_payload, CloseCode, PeerClose};
 use crate::cloudrun::Deployment;
 use crate::frame::{
-    encode_header, write_close, write_frame, Decoder, Event, FrameError, MessageKind, OpCode,
-    Payload,
+    encode_header, frame_in_place, write_close, write_frame, Decoder, Event, FrameError,
+    MessageKind, OpCode, Payload,
 };
 use crate::gate::{Denied, Policy};
 use crate::http::{self, HttpError};
@@ -94,6 +93,16 @@ impl Limits {
             Route::Echo => self.max_queued.saturating_add(self.echo_max_message),
         }
     }
+}
+
+/// What [`Engine::reader`] allows the shell.
+pub enum Readable<'a, S> {
+    /// Read from this socket.
+    Socket(&'a mut S),
+    /// Read no more this turn: the write queue is over its bound.
+    Paused,
+    /// The connection is gone.
+    Gone,
 }
 
 /// Which protocol an open connection speaks.
@@ -504,14 +513,20 @@ impl<S: Transport> Engine<S> {
         }
     }
 
-    /// Whether `key` has more unsent bytes than its bound allows. The shell
-    /// then reads no more from it until [`Engine::flush`] has written or
-    /// closed it, so that small requests with large replies cannot queue
-    /// far past the bound within one turn.
-    pub fn is_over_queue_bound(&self, key: Key) -> bool {
-        self.table.peers.get(key).is_some_and(|p| {
-            p.conn.phase == Phase::Open && p.conn.out.len() > self.limits.queue_bound(p.conn.route)
-        })
+    /// The socket to read from next, unless the connection is gone or has
+    /// more unsent bytes than its bound allows. The shell then reads no more
+    /// from it until [`Engine::flush`] has written or closed it, so that
+    /// small requests with large replies cannot queue far past the bound
+    /// within one turn.
+    pub fn reader(&mut self, key: Key) -> Readable<'_, S> {
+        let Some(p) = self.table.peers.get_mut(key) else {
+            return Readable::Gone;
+        };
+        if p.conn.phase == Phase::Open && p.conn.out.len() > self.limits.queue_bound(p.conn.route) {
+            Readable::Paused
+        } else {
+            Readable::Socket(&mut p.socket)
+        }
     }
 
     /// The peer closed its sending half, or the connection failed.
@@ -524,7 +539,7 @@ impl<S: Transport> Engine<S> {
         if let Some(peer) = self.table.peers.get_mut(key) {
             peer.conn.set(WRITE_BLOCKED, false);
             if !peer.conn.out.is_empty() || peer.conn.phase >= Phase::Finished {
-                self.table.mark_dirty(key);
+                mark_dirty_conn(&mut peer.conn, &mut self.table.dirty, key);
             }
         }
     }
@@ -1026,6 +1041,7 @@ impl<S: Transport> Engine<S> {
                     match route {
                         Route::Echo => {
                             let written = echo_through(&mut peer.socket, conn, kind, data);
+                            conn.ledger.bytes_out += written as u64;
                             self.table.metrics.bytes_out += written as u64;
                             conn.ledger.message_out();
                             self.table.metrics.messages_out += 1;
@@ -1162,18 +1178,16 @@ fn conn_fields(key: Key, conn: &Connection, deployment: &Deployment) -> Vec<(&'s
     fields
 }
 
-/// A reply at least this large is written to the socket as soon as it is
-/// decoded, from where it lies, rather than copied into the write queue
-/// and written at the end of the loop turn (see [`OutQueue::write_through`]).
-/// Smaller ones are gathered, so that a read of many small messages costs
-/// one write.
-const WRITE_THROUGH: usize = 16 * 1024;
-
-/// Echoes the whole messages that lie in `input` from `*pos` on: small ones
-/// appended to the write queue's tail as they are decoded, large ones
-/// written through; returns the first decoder result that is anything else
-/// (the end of the input, a control frame, a message assembled from pieces,
-/// an error).
+/// Echoes the whole messages that lie in `input` from `*pos` on, and
+/// returns the first decoder result that is anything else (the end of the
+/// input, a control frame, a message assembled from pieces, an error).
+///
+/// Each reply is made where its request lies: the payload, unmasked in
+/// place, gets the server's header in the bytes of the client's header just
+/// before it, and the reply is moved down to follow the one before. The
+/// replies, one run of bytes, are then written straight from `input` (see
+/// [`OutQueue::write_through`]): an echo that the socket takes at once is
+/// never copied and never touches the write queue.
 fn echo_run<S: Write>(
     peer: &mut Peer<S>,
     key: Key,
@@ -1184,9 +1198,10 @@ fn echo_run<S: Write>(
 ) -> Result<Option<Event>, FrameError> {
     let conn = &mut peer.conn;
     let mut echoed: u32 = 0;
-    let mut next = conn.decoder.decode(input, pos);
+    let mut written = 0;
+    let mut run = *pos..*pos;
     let rest = loop {
-        let (kind, range) = match next {
+        let (kind, payload) = match conn.decoder.decode(input, pos) {
             Ok(Some(Event::Message {
                 kind,
                 payload: Payload::Input(range),
@@ -1194,31 +1209,30 @@ fn echo_run<S: Write>(
             other => break other,
         };
         echoed += 1;
-        if range.len() >= WRITE_THROUGH {
-            let written = echo_through(&mut peer.socket, conn, kind, &input[range]);
-            metrics.bytes_out += written as u64;
-            next = conn.decoder.decode(input, pos);
-            continue;
-        }
-        let decoder = &mut conn.decoder;
-        next = conn.out.push_with(|tail| {
-            let (mut kind, mut range) = (kind, range);
-            loop {
-                write_frame(tail, kind.opcode(), &input[range]);
-                match decoder.decode(input, pos) {
-                    Ok(Some(Event::Message {
-                        kind: next,
-                        payload: Payload::Input(at),
-                    })) if at.len() < WRITE_THROUGH => {
-                        echoed += 1;
-                        (kind, range) = (next, at);
-                    }
-                    other => return other,
-                }
+        let end = payload.end;
+        if let Some(start) = frame_in_place(input, payload.clone(), run.end, kind.opcode()) {
+            if run.is_empty() {
+                run = start..start;
+            } else if start != run.end {
+                input.copy_within(start..end, run.end);
             }
-        });
+            run.end += end - start;
+        } else {
+            // The header came in an earlier read, so there is no room for
+            // ours before the payload.
+            if !run.is_empty() {
+                written += conn.out.write_through(&mut peer.socket, &[], &input[run]);
+            }
+            written += echo_through(&mut peer.socket, conn, kind, &input[payload]);
+            run = end..end;
+        }
     };
+    if !run.is_empty() {
+        written += conn.out.write_through(&mut peer.socket, &[], &input[run]);
+    }
     conn.ledger.echoed(echoed);
+    conn.ledger.bytes_out += written as u64;
+    metrics.bytes_out += written as u64;
     metrics.messages_in += u64::from(echoed);
     metrics.messages_out += u64::from(echoed);
     if !conn.out.is_empty() {
@@ -1227,8 +1241,8 @@ fn echo_run<S: Write>(
     rest
 }
 
-/// Writes one echo reply through to the socket (see [`WRITE_THROUGH`]);
-/// returns the bytes written, which it counts on the connection.
+/// Writes one echo reply through to the socket, header and payload, and
+/// returns the bytes written (see [`OutQueue::write_through`]).
 fn echo_through(
     socket: &mut impl Write,
     conn: &mut Connection,
@@ -1237,15 +1251,7 @@ fn echo_through(
 ) -> usize {
     let mut header = [0u8; 10];
     let n = encode_header(&mut header, true, kind.opcode(), payload.len());
-    let written = if conn.has(WRITE_BLOCKED) {
-        conn.out
-            .push_with(|tail| write_frame(tail, kind.opcode(), payload));
-        0
-    } else {
-        conn.out.write_through(socket, &header[..n], payload)
-    };
-    conn.ledger.bytes_out += written as u64;
-    written
+    conn.out.write_through(socket, &header[..n], payload)
 }
 
 fn mark_dirty_conn(conn: &mut Connection, dirty: &mut Vec<Key>, key: Key) {

@@ -12,7 +12,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::close::CloseCode;
-use crate::mask::{apply_mask, unmask_ascii};
+use crate::mask::{apply_mask, unmask_ascii, unmask_short_ascii};
 use crate::utf8::Utf8Validator;
 
 /// RFC 6455 5.5: control frames carry at most 125 bytes of payload.
@@ -239,6 +239,36 @@ pub fn encode_header(out: &mut [u8; 10], fin: bool, opcode: OpCode, len: usize) 
         out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         10
     }
+}
+
+/// Makes the payload at `buf[payload]` a complete, unfragmented server
+/// frame where it lies, by writing the header into the bytes just before
+/// it, and returns where the frame starts; `None`, changing nothing, when
+/// that would reach below `floor`.
+///
+/// A client frame's header is longer than a server frame's for the same
+/// payload by at least its 4-byte masking key, so an echo reply always fits
+/// in its request when the whole request frame is in `buf`.
+#[inline]
+pub fn frame_in_place(
+    buf: &mut [u8],
+    payload: Range<usize>,
+    floor: usize,
+    opcode: OpCode,
+) -> Option<usize> {
+    let len = payload.len();
+    if len < 126 {
+        // The usual case: a two-byte header.
+        let start = payload.start.checked_sub(2).filter(|&s| s >= floor)?;
+        buf[start] = 0x80 | opcode as u8;
+        buf[start + 1] = len as u8;
+        return Some(start);
+    }
+    let mut header = [0u8; 10];
+    let n = encode_header(&mut header, true, opcode, len);
+    let start = payload.start.checked_sub(n).filter(|&s| s >= floor)?;
+    buf[start..payload.start].copy_from_slice(&header[..n]);
+    Some(start)
 }
 
 /// Appends one complete, unfragmented server frame to `out`.
@@ -619,8 +649,8 @@ impl Decoder {
         let range = start..start + len;
         *pos = range.end;
         let payload = &mut input[range.clone()];
-        apply_mask(payload, [k0, k1, k2, k3], 0);
-        if kind == MessageKind::Text && !crate::utf8::is_valid(payload) {
+        let ascii = unmask_short_ascii(payload, [k0, k1, k2, k3], 0);
+        if kind == MessageKind::Text && !ascii && std::str::from_utf8(payload).is_err() {
             return Some(Err(self.fail(FrameError::InvalidUtf8, State::Header)));
         }
         Some(Ok(Some(Event::Message {
@@ -1089,6 +1119,31 @@ mod tests {
             assert_eq!(h.header_len + len, out.len());
             assert_eq!(h.mask, None);
         }
+    }
+
+    #[test]
+    fn a_frame_made_in_place_is_the_frame_write_frame_encodes() {
+        for len in [0usize, 1, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let request = client_frame(true, 0x2, &payload);
+            let mut buf = request.clone();
+            let at = buf.len() - len;
+            apply_mask(&mut buf[at..], request[at - 4..at].try_into().unwrap(), 0);
+            let start = frame_in_place(&mut buf, at..at + len, 0, OpCode::Binary).unwrap();
+            let mut expected = Vec::new();
+            write_frame(&mut expected, OpCode::Binary, &payload);
+            assert_eq!(&buf[start..], expected, "len {len}");
+            // Not below the floor: the bytes there are taken.
+            let mut untouched = request.clone();
+            assert_eq!(
+                frame_in_place(&mut untouched, at..at + len, start + 1, OpCode::Binary),
+                None
+            );
+            assert_eq!(untouched, request);
+        }
+        // A payload at the start of the buffer, its header in an earlier
+        // read, has no room before it.
+        assert_eq!(frame_in_place(&mut [0; 4], 1..4, 0, OpCode::Text), None);
     }
 
     #[test]

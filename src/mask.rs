@@ -9,20 +9,38 @@ use std::mem::take;
 
 /// XORs `data` in place with `key`, as if `data` began `offset` bytes into
 /// the frame's payload.
+#[inline]
+pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+    mask_and_or(data, key, offset);
+}
+
+/// [`apply_mask`] for a payload of a few dozen bytes, also telling whether
+/// every unmasked byte is ASCII, for a handful of instructions more.
+#[inline]
+pub fn unmask_short_ascii(data: &mut [u8], key: [u8; 4], offset: usize) -> bool {
+    mask_and_or(data, key, offset) & u128::from_ne_bytes([0x80; 16]) == 0
+}
+
+/// Unmasks `data` and returns the OR of its unmasked bytes, folded into
+/// sixteen byte lanes.
 ///
 /// Works sixteen bytes at a time, then eight, four and one; the compiler
 /// keeps the wide steps in vector registers, so this runs near memory speed
 /// without `unsafe`, and a short chat message costs a handful of
-/// instructions rather than a vectorized loop's setup.
-#[inline]
-pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+/// instructions rather than a vectorized loop's setup. Where the OR is not
+/// used, the compiler drops it.
+#[inline(always)]
+fn mask_and_or(data: &mut [u8], key: [u8; 4], offset: usize) -> u128 {
     let key = rotate(u32::from_ne_bytes(key), offset);
     let wide = u64::from(key) | (u64::from(key) << 32);
     let widest = u128::from(wide) | (u128::from(wide) << 64);
+    let mut seen = 0u128;
     let mut blocks = data.chunks_exact_mut(16);
     for block in &mut blocks {
         let bytes: &mut [u8; 16] = block.try_into().expect("chunks_exact gives 16 bytes");
-        *bytes = (u128::from_ne_bytes(*bytes) ^ widest).to_ne_bytes();
+        let plain = u128::from_ne_bytes(*bytes) ^ widest;
+        *bytes = plain.to_ne_bytes();
+        seen |= plain;
     }
     // Under 16 bytes are left; every step below takes a multiple of 4, so
     // the key stays in phase.
@@ -31,20 +49,26 @@ pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
         let (word, tail) = take(&mut rest)
             .split_first_chunk_mut::<8>()
             .expect("8 bytes");
-        *word = (u64::from_ne_bytes(*word) ^ wide).to_ne_bytes();
+        let plain = u64::from_ne_bytes(*word) ^ wide;
+        *word = plain.to_ne_bytes();
+        seen |= u128::from(plain);
         rest = tail;
     }
     if rest.len() >= 4 {
         let (word, tail) = take(&mut rest)
             .split_first_chunk_mut::<4>()
             .expect("4 bytes");
-        *word = (u32::from_ne_bytes(*word) ^ key).to_ne_bytes();
+        let plain = u32::from_ne_bytes(*word) ^ key;
+        *word = plain.to_ne_bytes();
+        seen |= u128::from(plain);
         rest = tail;
     }
     let key = key.to_ne_bytes();
     for (byte, k) in rest.iter_mut().zip(key) {
         *byte ^= k;
+        seen |= u128::from(*byte);
     }
+    seen
 }
 
 /// Bytes per step of [`unmask_ascii`]: four vector registers' worth.
@@ -55,7 +79,7 @@ const BLOCK: usize = 64;
 ///
 /// For payloads of a few hundred bytes and more. Written as plain loops
 /// over whole blocks, which the compiler turns into vector XORs and ORs; a
-/// short payload is cheaper through [`apply_mask`] and `is_ascii`.
+/// short payload is cheaper through [`unmask_short_ascii`].
 pub fn unmask_ascii(data: &mut [u8], key: [u8; 4], offset: usize) -> bool {
     let turned = rotate(u32::from_ne_bytes(key), offset).to_ne_bytes();
     let pattern: [u8; BLOCK] = std::array::from_fn(|i| turned[i & 3]);
@@ -68,9 +92,8 @@ pub fn unmask_ascii(data: &mut [u8], key: [u8; 4], offset: usize) -> bool {
         }
     }
     // The rest starts a whole number of blocks, so of keys, after `data`.
-    let rest = blocks.into_remainder();
-    apply_mask(rest, key, offset);
-    seen.iter().fold(0, |all, s| all | s) < 0x80 && rest.is_ascii()
+    let rest_ascii = unmask_short_ascii(blocks.into_remainder(), key, offset);
+    rest_ascii && seen.iter().fold(0, |all, s| all | s) < 0x80
 }
 
 /// The key, in memory order, as seen by a byte `offset` bytes into the
@@ -118,7 +141,7 @@ mod tests {
     }
 
     #[test]
-    fn unmask_ascii_unmasks_as_apply_mask_and_finds_any_high_byte() {
+    fn the_ascii_checks_unmask_as_apply_mask_and_find_any_high_byte() {
         let key = [0x12, 0x34, 0x56, 0x78];
         for len in (0..300usize).chain([4096, 65_539]) {
             for offset in 0..4 {
@@ -128,6 +151,9 @@ mod tests {
                 let mut fast = masked.clone();
                 assert!(unmask_ascii(&mut fast, key, offset), "len {len}");
                 assert_eq!(fast, plain, "len {len} offset {offset}");
+                let mut short = masked.clone();
+                assert!(unmask_short_ascii(&mut short, key, offset), "len {len}");
+                assert_eq!(short, plain, "len {len} offset {offset}");
                 // One byte with its high bit set, anywhere, is found.
                 for at in [0, len / 2, len.saturating_sub(1)]
                     .into_iter()
@@ -137,8 +163,11 @@ mod tests {
                     high[at] = 0xc3;
                     let mut data = high.clone();
                     bytewise(&mut data, key, offset);
+                    let mut short = data.clone();
                     assert!(!unmask_ascii(&mut data, key, offset), "len {len} at {at}");
                     assert_eq!(data, high);
+                    assert!(!unmask_short_ascii(&mut short, key, offset));
+                    assert_eq!(short, high);
                 }
             }
         }

@@ -142,10 +142,15 @@ impl OutQueue {
     /// the queue is saved, and the bytes go out while they are still in the
     /// cache. A write error, like a full socket, queues everything; the
     /// next [`OutQueue::flush_to`] meets it again and reports it.
+    #[inline]
     pub fn write_through(&mut self, out: &mut impl Write, head: &[u8], body: &[u8]) -> usize {
         let written = if self.is_empty() {
-            out.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
-                .unwrap_or_default()
+            let result = if head.is_empty() {
+                out.write(body)
+            } else {
+                out.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+            };
+            result.unwrap_or_default()
         } else {
             0
         };

@@ -17,7 +17,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::backplane::Backplane;
 use crate::config::Config;
-use crate::conn::Engine;
+use crate::conn::{Engine, Readable};
 use crate::log;
 use crate::slab::Key;
 
@@ -286,14 +286,13 @@ impl Server {
     /// close its side: then reading goes on to the end of the stream.
     fn read_from(&mut self, key: Key, now: u64, closing: bool) {
         for _ in 0..READS_PER_TURN {
-            if self.engine.is_over_queue_bound(key) {
+            let socket = match self.engine.reader(key) {
+                Readable::Socket(socket) => socket,
                 // Read on once the flush has written, or closed, it.
-                break;
-            }
-            let Some(peer) = self.engine.peer_mut(key) else {
-                return;
+                Readable::Paused => break,
+                Readable::Gone => return,
             };
-            match peer.socket.read(&mut self.read_buf) {
+            match socket.read(&mut self.read_buf) {
                 Ok(0) => return self.engine.on_hangup(key),
                 Ok(n) => {
                     let input = &mut self.read_buf[..n];
