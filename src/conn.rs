@@ -507,6 +507,16 @@ impl<S: Transport> Engine<S> {
         self.table.metrics.bytes_in += input.len() as u64;
         match peer.conn.phase {
             Phase::Handshake => self.on_request_bytes(key, input, now),
+            Phase::Open if peer.conn.route == Route::Echo => {
+                // The usual echo read, whole messages and nothing else, is
+                // answered here; anything else goes on in the general loop.
+                let mut pos = 0;
+                let (metrics, dirty) = (&mut self.table.metrics, &mut self.table.dirty);
+                let decoded = echo_run(peer, key, input, &mut pos, metrics, dirty);
+                if !matches!(decoded, Ok(None)) && self.on_decoded(key, decoded, input, now) {
+                    self.on_frames(key, input, pos, now);
+                }
+            }
             Phase::Open | Phase::Closing => self.on_frames(key, input, 0, now),
             // The peer's last words after the close handshake are dropped.
             Phase::Finished | Phase::Lingering => {}
@@ -999,105 +1009,125 @@ impl<S: Transport> Engine<S> {
             } else {
                 peer.conn.decoder.decode(input, &mut pos)
             };
-            let conn = &mut peer.conn;
-            let event = match decoded {
-                Ok(Some(event)) => event,
-                Ok(None) => return,
-                Err(err) => {
-                    // Keep decoding: the peer's close may follow in this read.
-                    self.on_frame_error(key, err, now);
-                    continue;
-                }
-            };
-            if conn.phase != Phase::Open {
-                // Closing: we said our last word and wait only for theirs.
-                match event {
-                    Event::Close(_) => return self.finish(key, now),
-                    Event::Message {
-                        payload: Payload::Assembled,
-                        ..
-                    } => drop(conn.decoder.take_message()),
-                    _ => {}
-                }
-                continue;
-            }
-            match event {
-                Event::Message { kind, payload } => {
-                    conn.ledger.message_in();
-                    self.table.metrics.messages_in += 1;
-                    let route = conn.route;
-                    let (assembled, range) = match payload {
-                        Payload::Input(range) => (None, range),
-                        Payload::Assembled => {
-                            let buf = conn.decoder.take_message();
-                            let len = buf.len();
-                            (Some(buf), 0..len)
-                        }
-                    };
-                    let data = match &assembled {
-                        Some(buf) => &buf[range],
-                        None => &input[range],
-                    };
-                    match route {
-                        Route::Echo => {
-                            let written = echo_through(&mut peer.socket, conn, kind, data);
-                            conn.ledger.bytes_out += written as u64;
-                            self.table.metrics.bytes_out += written as u64;
-                            conn.ledger.message_out();
-                            self.table.metrics.messages_out += 1;
-                            if !conn.out.is_empty() {
-                                mark_dirty_conn(conn, &mut self.table.dirty, key);
-                            }
-                        }
-                        Route::Chat => match conn.bucket.take(&self.policy.admission.rate, now) {
-                            Verdict::Allow => self.chat.on_message(&mut self.table, key, data),
-                            Verdict::Drop => {
-                                self.table.metrics.rate_limited += 1;
-                                self.chat
-                                    .send_error(&mut self.table, key, "Rate limit exceeded");
-                            }
-                            Verdict::Close => {
-                                self.table.metrics.rate_limited += 1;
-                                self.table.metrics.rate_limit_closed += 1;
-                                let reason = "rate limit exceeded";
-                                self.begin_close(key, CloseCode::Policy, reason, now);
-                            }
-                        },
-                    }
-                }
-                Event::Ping(payload) => {
-                    // RFC 6455 5.5.3: a pong carries the ping's payload.
-                    let data = conn.decoder.control_payload(input, &payload);
-                    conn.out.push_with(|v| write_frame(v, OpCode::Pong, data));
-                    mark_dirty_conn(conn, &mut self.table.dirty, key);
-                }
-                Event::Pong(_) => {}
-                Event::Close(payload) => {
-                    match parse_close_payload(conn.decoder.control_payload(input, &payload)) {
-                        // RFC 6455 5.5.1: answer a close with a close,
-                        // echoing its status code.
-                        Ok(PeerClose::Empty) => {
-                            // RFC 6455 7.1.5: no status code reads as 1005.
-                            conn.ledger.ended(1005, Closer::Client);
-                            conn.out.push_with(|v| write_frame(v, OpCode::Close, b""));
-                        }
-                        Ok(PeerClose::Code(code)) => {
-                            conn.ledger.ended(code, Closer::Client);
-                            conn.out
-                                .push_with(|v| write_frame(v, OpCode::Close, &code.to_be_bytes()));
-                        }
-                        Err(bad) => {
-                            conn.ledger.ended(bad.close_code().as_u16(), Closer::Server);
-                            conn.out.push_with(|v| {
-                                write_close(v, bad.close_code(), "invalid close frame")
-                            });
-                        }
-                    }
-                    self.leave_open(key);
-                    return self.finish(key, now);
-                }
+            if !self.on_decoded(key, decoded, input, now) {
+                return;
             }
         }
+    }
+
+    /// Acts on one decoder result; returns whether to go on decoding.
+    fn on_decoded(
+        &mut self,
+        key: Key,
+        decoded: Result<Option<Event>, FrameError>,
+        input: &mut [u8],
+        now: u64,
+    ) -> bool {
+        let event = match decoded {
+            Ok(Some(event)) => event,
+            Ok(None) => return false,
+            Err(err) => {
+                // Keep decoding: the peer's close may follow in this read.
+                self.on_frame_error(key, err, now);
+                return true;
+            }
+        };
+        let Some(peer) = self.table.peers.get_mut(key) else {
+            return false;
+        };
+        let conn = &mut peer.conn;
+        if conn.phase != Phase::Open {
+            // Closing: we said our last word and wait only for theirs.
+            match event {
+                Event::Close(_) => {
+                    self.finish(key, now);
+                    return false;
+                }
+                Event::Message {
+                    payload: Payload::Assembled,
+                    ..
+                } => drop(conn.decoder.take_message()),
+                _ => {}
+            }
+            return true;
+        }
+        match event {
+            Event::Message { kind, payload } => {
+                conn.ledger.message_in();
+                self.table.metrics.messages_in += 1;
+                let route = conn.route;
+                let (assembled, range) = match payload {
+                    Payload::Input(range) => (None, range),
+                    Payload::Assembled => {
+                        let buf = conn.decoder.take_message();
+                        let len = buf.len();
+                        (Some(buf), 0..len)
+                    }
+                };
+                let data = match &assembled {
+                    Some(buf) => &buf[range],
+                    None => &input[range],
+                };
+                match route {
+                    Route::Echo => {
+                        let written = echo_through(&mut peer.socket, conn, kind, data);
+                        conn.ledger.bytes_out += written as u64;
+                        self.table.metrics.bytes_out += written as u64;
+                        conn.ledger.message_out();
+                        self.table.metrics.messages_out += 1;
+                        if !conn.out.is_empty() {
+                            mark_dirty_conn(conn, &mut self.table.dirty, key);
+                        }
+                    }
+                    Route::Chat => match conn.bucket.take(&self.policy.admission.rate, now) {
+                        Verdict::Allow => self.chat.on_message(&mut self.table, key, data),
+                        Verdict::Drop => {
+                            self.table.metrics.rate_limited += 1;
+                            self.chat
+                                .send_error(&mut self.table, key, "Rate limit exceeded");
+                        }
+                        Verdict::Close => {
+                            self.table.metrics.rate_limited += 1;
+                            self.table.metrics.rate_limit_closed += 1;
+                            let reason = "rate limit exceeded";
+                            self.begin_close(key, CloseCode::Policy, reason, now);
+                        }
+                    },
+                }
+            }
+            Event::Ping(payload) => {
+                // RFC 6455 5.5.3: a pong carries the ping's payload.
+                let data = conn.decoder.control_payload(input, &payload);
+                conn.out.push_with(|v| write_frame(v, OpCode::Pong, data));
+                mark_dirty_conn(conn, &mut self.table.dirty, key);
+            }
+            Event::Pong(_) => {}
+            Event::Close(payload) => {
+                match parse_close_payload(conn.decoder.control_payload(input, &payload)) {
+                    // RFC 6455 5.5.1: answer a close with a close,
+                    // echoing its status code.
+                    Ok(PeerClose::Empty) => {
+                        // RFC 6455 7.1.5: no status code reads as 1005.
+                        conn.ledger.ended(1005, Closer::Client);
+                        conn.out.push_with(|v| write_frame(v, OpCode::Close, b""));
+                    }
+                    Ok(PeerClose::Code(code)) => {
+                        conn.ledger.ended(code, Closer::Client);
+                        conn.out
+                            .push_with(|v| write_frame(v, OpCode::Close, &code.to_be_bytes()));
+                    }
+                    Err(bad) => {
+                        conn.ledger.ended(bad.close_code().as_u16(), Closer::Server);
+                        conn.out
+                            .push_with(|v| write_close(v, bad.close_code(), "invalid close frame"));
+                    }
+                }
+                self.leave_open(key);
+                self.finish(key, now);
+                return false;
+            }
+        }
+        true
     }
 
     fn on_frame_error(&mut self, key: Key, err: FrameError, now: u64) {
