@@ -51,8 +51,9 @@ pub struct RoomLimits {
 pub trait Outbox {
     /// Queues a copy of `frame` on `to`.
     fn send(&mut self, to: Key, frame: &[u8]);
-    /// Queues a shared frame on `to` without copying it.
-    fn send_shared(&mut self, to: Key, frame: &Rc<[u8]>);
+    /// Queues shared frames on `to` without copying them: `messages`
+    /// frames, one after another.
+    fn send_shared(&mut self, to: Key, frames: &Rc<[u8]>, messages: u32);
     /// The chat state of connection `who`, if it is an open chat connection.
     fn member(&mut self, who: Key) -> Option<&mut Member>;
 }
@@ -140,7 +141,31 @@ pub struct Chat {
     backplane: Option<Backplane>,
     /// The other instances' member counts, per room.
     remote: RemoteCounts,
+    /// `message` broadcasts not yet queued on the members of their room.
+    batch: Batch,
 }
+
+/// Broadcasts to one room, gathered so that a sender's messages in one
+/// read reach each member as one shared buffer, written with one system
+/// call, rather than as a buffer and an entry in its queue each.
+///
+/// Only `message` adds to it. Everything else that sends anything first
+/// queues the batch with [`Chat::settle`], as the engine does when it has
+/// handled a read and before it sends a frame of its own, so that nothing
+/// overtakes a broadcast made before it.
+#[derive(Default)]
+struct Batch {
+    /// The room the frames are for; `None` when the batch is empty.
+    room: Option<Key>,
+    /// Whole frames, one after another.
+    frames: Vec<u8>,
+    /// How many.
+    count: u32,
+}
+
+/// A batch buffer that grew past this is freed once queued, so that one
+/// read of large messages does not hold its size for good.
+const BATCH_KEEP: usize = 16 * 1024;
 
 /// Room space left before the JSON for the longest frame header.
 const HEADER_ROOM: usize = 10;
@@ -162,6 +187,7 @@ impl Chat {
             joins_refused: 0,
             backplane: None,
             remote: RemoteCounts::new(),
+            batch: Batch::default(),
         }
     }
 
@@ -188,6 +214,7 @@ impl Chat {
             return false;
         };
         backplane.rearm();
+        self.settle(out);
         for _ in 0..max {
             let Some(event) = self.backplane.as_ref().and_then(Backplane::next_event) else {
                 return false;
@@ -244,6 +271,7 @@ impl Chat {
 
     /// Greets a new connection.
     pub fn on_open(&mut self, out: &mut impl Outbox, who: Key) {
+        self.settle(out);
         let Some(member) = out.member(who) else {
             return;
         };
@@ -315,6 +343,7 @@ impl Chat {
     }
 
     fn join(&mut self, out: &mut impl Outbox, who: Key, room_id: Option<&RawValue>) {
+        self.settle(out);
         let name = match room_id.map(|r| serde_json::from_str::<Cow<'_, str>>(r.get())) {
             None => return self.reply_error(out, who, "roomId is required"),
             // A JSON string that does not decode: a lone surrogate escape.
@@ -374,7 +403,7 @@ impl Chat {
         };
         let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
         for &member in room.members.iter().filter(|&&m| m != who) {
-            out.send_shared(member, &frame);
+            out.send_shared(member, &frame, 1);
         }
     }
 
@@ -397,9 +426,17 @@ impl Chat {
         };
         let client_id = member.client_id;
         let identity = member.identity.clone();
-        let Some(room) = member.membership.and_then(|m| self.rooms.get(m.room)) else {
+        let Some(at) = member
+            .membership
+            .filter(|m| self.rooms.get(m.room).is_some())
+        else {
             return self.reply_error(out, who, "Join a room first");
         };
+        if self.batch.room != Some(at.room) {
+            self.settle(out);
+            self.batch.room = Some(at.room);
+        }
+        let room = self.rooms.get(at.room).expect("checked above");
         // The text is forwarded as the sender wrote it: it is already a
         // valid JSON string, so it needs no unescaping and re-escaping.
         let msg = Outgoing::Message {
@@ -409,13 +446,33 @@ impl Chat {
             text,
             timestamp: Timestamp::now(),
         };
-        let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &msg));
+        self.batch
+            .frames
+            .extend_from_slice(encode(&mut self.scratch, &msg));
+        self.batch.count += 1;
         self.fanout.observe(room.members.len() as u64);
-        for &member in &room.members {
-            out.send_shared(member, &frame);
-        }
         if let Some(backplane) = &self.backplane {
             backplane.publish(&room.name, &self.scratch[HEADER_ROOM..]);
+        }
+    }
+
+    /// Queues the gathered broadcasts on their room's members (see
+    /// [`Batch`]), as one shared buffer.
+    pub fn settle(&mut self, out: &mut impl Outbox) {
+        let Some(room) = self.batch.room.take() else {
+            return;
+        };
+        let frames: Rc<[u8]> = Rc::from(self.batch.frames.as_slice());
+        let count = std::mem::take(&mut self.batch.count);
+        if self.batch.frames.capacity() > BATCH_KEEP {
+            self.batch.frames = Vec::new();
+        } else {
+            self.batch.frames.clear();
+        }
+        if let Some(room) = self.rooms.get(room) {
+            for &member in &room.members {
+                out.send_shared(member, &frames, count);
+            }
         }
     }
 
@@ -439,6 +496,7 @@ impl Chat {
     }
 
     fn leave(&mut self, out: &mut impl Outbox, who: Key) {
+        self.settle(out);
         let Some(at) = out.member(who).and_then(|m| m.membership) else {
             return self.reply_error(out, who, "Not in a room");
         };
@@ -455,6 +513,7 @@ impl Chat {
     /// Removes `who` from its room, fixing the position of the member moved
     /// into its place, and tells the rest.
     fn leave_room(&mut self, out: &mut impl Outbox, who: Key) {
+        self.settle(out);
         let Some(member) = out.member(who) else {
             return;
         };
@@ -486,7 +545,7 @@ impl Chat {
         };
         let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
         for &member in &room.members {
-            out.send_shared(member, &frame);
+            out.send_shared(member, &frame, 1);
         }
     }
 
@@ -550,7 +609,7 @@ impl Chat {
         }
         let frame: Rc<[u8]> = Rc::from(frame_json(&mut self.scratch, json));
         for &member in &room.members {
-            out.send_shared(member, &frame);
+            out.send_shared(member, &frame, 1);
         }
     }
 
@@ -584,7 +643,7 @@ impl Chat {
         };
         let frame: Rc<[u8]> = Rc::from(encode(&mut self.scratch, &notice));
         for &member in &room.members {
-            out.send_shared(member, &frame);
+            out.send_shared(member, &frame, 1);
         }
     }
 
@@ -597,6 +656,7 @@ impl Chat {
     }
 
     fn echo(&mut self, out: &mut impl Outbox, who: Key, original: &RawValue) {
+        self.settle(out);
         let msg = Outgoing::Echo {
             original_message: original,
             timestamp: Timestamp::now(),
@@ -605,6 +665,7 @@ impl Chat {
     }
 
     fn reply_error(&mut self, out: &mut impl Outbox, who: Key, message: &str) {
+        self.settle(out);
         out.send(who, encode(&mut self.scratch, &Outgoing::Error { message }));
     }
 }
@@ -653,6 +714,8 @@ mod tests {
     #[derive(Default)]
     struct Table {
         slab: Slab<(Member, Vec<Value>)>,
+        /// Shared buffers queued, and the messages in them.
+        shared: Vec<u32>,
     }
 
     impl Outbox for Table {
@@ -662,8 +725,16 @@ mod tests {
             let v = serde_json::from_slice(&frame[h.header_len..]).unwrap();
             self.slab.get_mut(to).unwrap().1.push(v);
         }
-        fn send_shared(&mut self, to: Key, frame: &Rc<[u8]>) {
-            self.send(to, frame);
+        fn send_shared(&mut self, to: Key, frames: &Rc<[u8]>, messages: u32) {
+            self.shared.push(messages);
+            let mut rest = &frames[..];
+            for _ in 0..messages {
+                let h = parse_header(rest).unwrap().unwrap();
+                let len = h.header_len + h.payload_len as usize;
+                self.send(to, &rest[..len]);
+                rest = &rest[len..];
+            }
+            assert!(rest.is_empty(), "{messages} frames and no more");
         }
         fn member(&mut self, who: Key) -> Option<&mut Member> {
             self.slab.get_mut(who).map(|(m, _)| m)
@@ -680,8 +751,11 @@ mod tests {
         std::mem::take(&mut t.slab.get_mut(k).unwrap().1)
     }
 
+    /// Sends `v` from `k` as a read of its own: the engine settles the
+    /// chat's batch after each read.
     fn send(chat: &mut Chat, t: &mut Table, k: Key, v: Value) {
         chat.on_message(t, k, v.to_string().as_bytes());
+        chat.settle(t);
     }
 
     #[test]
@@ -725,6 +799,47 @@ mod tests {
         assert_eq!(
             take(&mut t, a),
             vec![json!({"type":"user_left","clientId":b_id,"roomId":"r","userCount":1})]
+        );
+    }
+
+    #[test]
+    fn a_reads_broadcasts_reach_each_member_as_one_buffer_in_order() {
+        let mut chat = Chat::new("x");
+        let mut t = Table::default();
+        let (a, b) = (connect(&mut chat, &mut t), connect(&mut chat, &mut t));
+        for k in [a, b] {
+            send(&mut chat, &mut t, k, json!({"type": "join", "roomId": "r"}));
+        }
+        take(&mut t, a);
+        take(&mut t, b);
+        t.shared.clear();
+        // One read from `a`: two messages, a mistake, one more message.
+        chat.on_message(&mut t, a, br#"{"type":"message","text":"1"}"#);
+        chat.on_message(&mut t, a, br#"{"type":"message","text":"2"}"#);
+        assert!(t.shared.is_empty(), "gathered until something else is sent");
+        chat.on_message(&mut t, a, br#"{"type":"message"}"#);
+        chat.on_message(&mut t, a, br#"{"type":"message","text":"3"}"#);
+        chat.settle(&mut t);
+        let texts = |v: Vec<Value>| -> Vec<String> {
+            v.iter()
+                .map(|m| m["text"].as_str().unwrap_or("error").to_owned())
+                .collect()
+        };
+        // The error to `a` waits for the broadcasts before it.
+        assert_eq!(texts(take(&mut t, a)), ["1", "2", "error", "3"]);
+        assert_eq!(texts(take(&mut t, b)), ["1", "2", "3"]);
+        // Two buffers per member: "1" and "2" together, then "3".
+        assert_eq!(t.shared, [2, 2, 1, 1]);
+        // Leaving settles first: the others see the message, then the exit.
+        chat.on_message(&mut t, a, br#"{"type":"message","text":"4"}"#);
+        chat.on_message(&mut t, a, br#"{"type":"leave"}"#);
+        let to_b = take(&mut t, b);
+        assert_eq!(to_b[0]["text"], "4");
+        assert_eq!(to_b[1]["type"], "user_left");
+        let to_a = take(&mut t, a);
+        assert_eq!(
+            (&to_a[0]["text"], &to_a[1]["type"]),
+            (&json!("4"), &json!("left"))
         );
     }
 
@@ -788,6 +903,7 @@ mod tests {
             a,
             br#"{"type":"message","text":"\ud83d\ude00 \\u"}"#,
         );
+        chat.settle(&mut t);
         assert_eq!(take(&mut t, a)[0]["text"], "\u{1F600} \\u");
         send(&mut chat, &mut t, a, json!({"type": "leave"}));
         take(&mut t, a);
@@ -871,7 +987,7 @@ mod tests {
             fn send(&mut self, _: Key, frame: &[u8]) {
                 self.0 = frame.to_vec();
             }
-            fn send_shared(&mut self, _: Key, _: &Rc<[u8]>) {}
+            fn send_shared(&mut self, _: Key, _: &Rc<[u8]>, _: u32) {}
             fn member(&mut self, _: Key) -> Option<&mut Member> {
                 None
             }

@@ -293,12 +293,12 @@ impl<S> Outbox for Table<S> {
         }
     }
 
-    fn send_shared(&mut self, to: Key, frame: &Rc<[u8]>) {
+    fn send_shared(&mut self, to: Key, frames: &Rc<[u8]>, messages: u32) {
         if let Some(peer) = self.peers.get_mut(to) {
             if peer.conn.phase == Phase::Open {
-                peer.conn.out.push_shared(frame);
-                peer.conn.ledger.message_out();
-                self.metrics.messages_out += 1;
+                peer.conn.out.push_shared(frames);
+                peer.conn.ledger.messages_out(messages);
+                self.metrics.messages_out += u64::from(messages);
                 mark_dirty_conn(&mut peer.conn, &mut self.dirty, to);
             }
         }
@@ -521,6 +521,8 @@ impl<S: Transport> Engine<S> {
             // The peer's last words after the close handshake are dropped.
             Phase::Finished | Phase::Lingering => {}
         }
+        // The read's broadcasts go out together.
+        self.chat.settle(&mut self.table);
     }
 
     /// The socket to read from next, unless the connection is gone or has
@@ -1032,6 +1034,11 @@ impl<S: Transport> Engine<S> {
                 return true;
             }
         };
+        if !matches!(event, Event::Message { .. }) {
+            // Our answer to a control frame follows the broadcasts the
+            // messages before it made.
+            self.chat.settle(&mut self.table);
+        }
         let Some(peer) = self.table.peers.get_mut(key) else {
             return false;
         };
@@ -1149,6 +1156,8 @@ impl<S: Transport> Engine<S> {
     /// Sends a close frame and waits, at most the close timeout, for the
     /// peer's. The connection leaves its room at once.
     fn begin_close(&mut self, key: Key, code: CloseCode, reason: &str, now: u64) {
+        // Broadcasts made before are queued before the close frame.
+        self.chat.settle(&mut self.table);
         self.leave_open(key);
         if let Some(peer) = self.table.peers.get_mut(key) {
             peer.conn.ledger.ended(code.as_u16(), Closer::Server);

@@ -73,7 +73,12 @@ impl Ledger {
 
     /// Counts one data message queued to it.
     pub fn message_out(&mut self) {
-        self.messages_out = self.messages_out.saturating_add(1);
+        self.messages_out(1);
+    }
+
+    /// Counts `n` data messages queued to it.
+    pub fn messages_out(&mut self, n: u32) {
+        self.messages_out = self.messages_out.saturating_add(n);
     }
 
     /// Records how the connection ended, unless that is already known.

@@ -18,6 +18,8 @@ struct Counting;
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    /// Bytes the sinks on this thread have taken.
+    static WRITTEN: Cell<usize> = const { Cell::new(0) };
 }
 
 fn note_allocation() {
@@ -73,8 +75,14 @@ fn allocations_in(f: impl FnOnce()) -> usize {
     ALLOCATIONS.with(|n| n.get())
 }
 
-/// A socket that takes every byte and keeps none.
+/// A socket that takes every byte and keeps none, counting them in
+/// `WRITTEN`.
 struct Sink;
+
+fn took(n: usize) -> io::Result<usize> {
+    WRITTEN.with(|w| w.set(w.get() + n));
+    Ok(n)
+}
 
 impl Read for Sink {
     fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
@@ -84,10 +92,10 @@ impl Read for Sink {
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
+        took(buf.len())
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        Ok(bufs.iter().map(|b| b.len()).sum())
+        took(bufs.iter().map(|b| b.len()).sum())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -159,6 +167,7 @@ fn broadcast_allocations(engine: &mut Engine<Sink>, from: Key, warm_up: usize) -
         engine.flush(1);
     }
     input.copy_from_slice(&message);
+    WRITTEN.with(|w| w.set(0));
     let count = allocations_in(|| {
         engine.on_input(from, &mut input, 2);
         engine.flush(2);
@@ -167,6 +176,16 @@ fn broadcast_allocations(engine: &mut Engine<Sink>, from: Key, warm_up: usize) -
         let queued = engine.peer(key).map_or(0, |p| p.conn.queued());
         assert_eq!(queued, 0, "every member's queue was written out");
     }
+    // Every member, the sender too, was written the same frame: a header
+    // and the JSON around the text, with the sender's and room's names.
+    let members = engine.open_connections();
+    let written = WRITTEN.with(Cell::get);
+    assert_eq!(written % members, 0, "{written} bytes to {members} members");
+    let frame = written / members;
+    assert!(
+        (2 + r#"{"type":"message","text":"hello, room"}"#.len()..512).contains(&frame),
+        "each member was written {frame} bytes"
+    );
     count
 }
 

@@ -30,16 +30,18 @@ struct Table {
 }
 
 impl Table {
-    fn record(&mut self, to: Key, frame: &[u8]) {
-        let (frames, used) = read_server_frames(frame);
+    fn record(&mut self, to: Key, bytes: &[u8], messages: usize) {
+        let (frames, used) = read_server_frames(bytes);
         assert_eq!(
             (frames.len(), used),
-            (1, frame.len()),
-            "one whole frame per send"
+            (messages, bytes.len()),
+            "whole frames, as many as said"
         );
-        assert_eq!(frames[0].opcode(), 0x1, "the chat sends text frames");
         let entry = self.slab.get_mut(to).expect("sent only to live members");
-        entry.1.push(frames[0].payload.clone());
+        for frame in frames {
+            assert_eq!(frame.opcode(), 0x1, "the chat sends text frames");
+            entry.1.push(frame.payload);
+        }
     }
 
     fn take(&mut self, who: Key) -> Vec<Vec<u8>> {
@@ -49,11 +51,11 @@ impl Table {
 
 impl Outbox for Table {
     fn send(&mut self, to: Key, frame: &[u8]) {
-        self.record(to, frame);
+        self.record(to, frame, 1);
     }
 
-    fn send_shared(&mut self, to: Key, frame: &Rc<[u8]>) {
-        self.record(to, frame);
+    fn send_shared(&mut self, to: Key, frames: &Rc<[u8]>, messages: u32) {
+        self.record(to, frames, messages as usize);
     }
 
     fn member(&mut self, who: Key) -> Option<&mut Member> {
@@ -131,7 +133,9 @@ fn trim_json_ws(bytes: &[u8]) -> &[u8] {
 
 fn on_message(chat: &mut Chat, table: &mut Table, who: Key, payload: &[u8]) {
     let room_before = table.slab.get(who).and_then(|(m, _)| m.membership);
+    // One message per read: the engine settles the batch after each.
     chat.on_message(table, who, payload);
+    chat.settle(table);
     let replies = table.take(who);
     assert_eq!(
         replies.len(),

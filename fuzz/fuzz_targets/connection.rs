@@ -21,7 +21,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use roomcast::cloudrun::Deployment;
-use roomcast::conn::{Engine, Limits, Phase};
+use roomcast::conn::{Engine, Limits, Phase, Readable};
 use roomcast::slab::Key;
 use roomcast_fuzz::{
     client_frame, cut_plans, read_server_frames, response_head_end, upgrade_request, MemSocket,
@@ -214,7 +214,7 @@ impl World {
     /// queue bound, and followed by a flush and the removal of what is
     /// doomed.
     fn input(&mut self, key: Key, bytes: &mut [u8]) {
-        if self.engine.peer(key).is_none() || self.engine.is_over_queue_bound(key) {
+        if !matches!(self.engine.reader(key), Readable::Socket(_)) {
             return;
         }
         self.engine.on_input(key, bytes, self.now);
