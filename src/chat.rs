@@ -458,10 +458,17 @@ impl Chat {
 
     /// Queues the gathered broadcasts on their room's members (see
     /// [`Batch`]), as one shared buffer.
+    #[inline]
     pub fn settle(&mut self, out: &mut impl Outbox) {
-        let Some(room) = self.batch.room.take() else {
-            return;
-        };
+        // Inlined so that the usual case, nothing gathered, costs a compare
+        // and no call.
+        if let Some(room) = self.batch.room.take() {
+            self.queue_batch(out, room);
+        }
+    }
+
+    /// [`Chat::settle`]'s work, when there is a batch for `room`.
+    fn queue_batch(&mut self, out: &mut impl Outbox, room: Key) {
         let frames: Rc<[u8]> = Rc::from(self.batch.frames.as_slice());
         let count = std::mem::take(&mut self.batch.count);
         if self.batch.frames.capacity() > BATCH_KEEP {
