@@ -407,3 +407,68 @@ fn user_count_follows_joins_and_leaves() {
         assert_eq!(member.recv_json(STEP), user_joined(&b.id, "count", 3));
     }
 }
+
+#[test]
+fn a_reads_messages_control_frames_and_close_keep_their_order() {
+    let server = start(&[]);
+    let mut b = Client::chat(&server);
+    b.join("r");
+    let mut a = RawWs::chat(server.addr);
+    a.send(OP_TEXT, br#"{"type":"join","roomId":"r"}"#);
+    assert_eq!(a.expect_frame(STEP).json()["type"], "joined");
+    let a_id = b.recv_json(STEP)["clientId"].as_str().unwrap().to_owned();
+    // One write, so that the server reads it whole: messages, which go out
+    // to the room together, around a ping, a JSON echo, an error and a
+    // close, each of which must come after the messages before it.
+    let mut burst = Vec::new();
+    for frame in [
+        (OP_TEXT, &br#"{"type":"message","text":"1"}"#[..]),
+        (OP_TEXT, br#"{"type":"message","text":"2"}"#),
+        (OP_PING, b"p"),
+        (OP_TEXT, br#"{"type":"message","text":"3"}"#),
+        (OP_TEXT, br#"{"type":"other"}"#),
+        (OP_TEXT, br#"{"type":"message","text":"4"}"#),
+        (OP_TEXT, br#"{"type":"message"}"#),
+        (OP_TEXT, br#"{"type":"message","text":"5"}"#),
+        (OP_CLOSE, &1000u16.to_be_bytes()),
+    ] {
+        burst.extend(masked(frame.0, frame.1));
+    }
+    a.send_raw(&burst);
+    let mut to_a = Vec::new();
+    loop {
+        let f = a.expect_frame(STEP);
+        to_a.push(match f.opcode {
+            OP_PONG => format!("pong {}", String::from_utf8_lossy(&f.payload)),
+            OP_CLOSE => format!("close {}", f.close_code()),
+            _ => {
+                let v = f.json();
+                match v["type"].as_str() {
+                    Some("message") => format!("message {}", v["text"].as_str().unwrap()),
+                    _ => v["type"].as_str().unwrap().to_owned(),
+                }
+            }
+        });
+        if f.opcode == OP_CLOSE {
+            break;
+        }
+    }
+    assert_eq!(
+        to_a,
+        [
+            "message 1",
+            "message 2",
+            "pong p",
+            "message 3",
+            "echo",
+            "message 4",
+            "error",
+            "message 5",
+            "close 1000"
+        ]
+    );
+    for text in ["1", "2", "3", "4", "5"] {
+        assert_message(&b.recv_json(STEP), &a_id, "r", text);
+    }
+    assert_eq!(b.recv_json(STEP), user_left(&a_id, "r", 1));
+}
