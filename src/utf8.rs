@@ -89,35 +89,9 @@ impl Utf8Validator {
     }
 }
 
-/// Whether `bytes` is valid UTF-8 as a whole.
-///
-/// ASCII, the common case in chat, is settled by a word-at-a-time scan that
-/// costs a fraction of the general validator on short messages.
-pub fn is_valid(bytes: &[u8]) -> bool {
-    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn whole_validation_agrees_with_std() {
-        for bytes in [
-            &b""[..],
-            b"plain ascii, long enough to take the word-at-a-time path",
-            "gr\u{fc}\u{df}e \u{1f642}".as_bytes(),
-            b"\xff",
-            b"ascii then a bad byte \xc3",
-            b"\xed\xa0\x80",
-        ] {
-            assert_eq!(
-                is_valid(bytes),
-                std::str::from_utf8(bytes).is_ok(),
-                "{bytes:?}"
-            );
-        }
-    }
 
     fn split_agrees_with_std(bytes: &[u8]) {
         let expected = std::str::from_utf8(bytes).is_ok();
